@@ -1,0 +1,1 @@
+"""The wire contract of WarriorCoder Arena: messages, subjects and their generated schemas."""

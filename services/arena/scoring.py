@@ -1,0 +1,97 @@
+"""Battle scoring (PAPER.md): local score from judge votes, online Elo, final score, winner.
+
+Usage::
+
+    card = score_battle(votes, r_attacker, r_defender, params)
+    new_a, new_b = elo_update(r_attacker, r_defender, votes, params)
+
+Pure functions, no I/O. Winners use the paper's final score e = alpha * E + (1 - alpha) * x with E
+from the ratings before the battle; Elo applies one zero-sum update per valid judge vote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "EloParams",
+    "Outcome",
+    "elo_expected",
+    "elo_update",
+    "final_scores",
+    "local_score",
+    "pick_winner",
+    "vote_tally",
+]
+
+Outcome = Literal["attacker", "defender", "tie", "invalid"]
+
+_SCORE = {"attacker": 1.0, "defender": 0.0, "tie": 0.5}
+
+
+@dataclass(frozen=True, slots=True)
+class EloParams:
+    k: float = 40.0
+    scale: float = 400.0
+    base: float = 10.0
+
+
+def elo_expected(r_a: float, r_b: float, p: EloParams = EloParams()) -> float:
+    """E(A>B) = 1 / (1 + base^((R_B - R_A) / scale))."""
+    return 1.0 / (1.0 + p.base ** ((r_b - r_a) / p.scale))
+
+
+def vote_tally(votes: Sequence[Outcome]) -> tuple[float, float]:
+    """(t_A, t_B): votes for attacker and defender, a tie giving each 0.5; invalid votes skipped."""
+    t_a = t_b = 0.0
+    for v in votes:
+        if v == "invalid":
+            continue
+        t_a += _SCORE[v]
+        t_b += 1.0 - _SCORE[v]
+    return t_a, t_b
+
+
+def local_score(votes: Sequence[Outcome]) -> float | None:
+    """x(A>B) = t_A / (t_A + t_B); None when no vote is valid."""
+    t_a, t_b = vote_tally(votes)
+    total = t_a + t_b
+    return None if total == 0 else t_a / total
+
+
+def final_scores(expected_a: float, local_a: float, alpha: float) -> tuple[float, float]:
+    """(e_A, e_B) with e_A = alpha * E(A>B) + (1 - alpha) * x(A>B) and e_B the mirror image."""
+    e_a = alpha * expected_a + (1.0 - alpha) * local_a
+    e_b = alpha * (1.0 - expected_a) + (1.0 - alpha) * (1.0 - local_a)
+    return e_a, e_b
+
+
+def pick_winner(
+    e_attacker: float, e_defender: float, attacker_answer: str, defender_answer: str
+) -> Literal["attacker", "defender"]:
+    """Higher final score wins; on equal scores the shorter answer, then the defender's."""
+    if e_attacker > e_defender:
+        return "attacker"
+    if e_defender > e_attacker:
+        return "defender"
+    if len(attacker_answer) < len(defender_answer):
+        return "attacker"
+    return "defender"
+
+
+def elo_update(
+    r_a: float, r_b: float, votes: Sequence[Outcome], p: EloParams = EloParams()
+) -> tuple[float, float]:
+    """Ratings after one update per valid vote, in order; E from the pre-battle ratings; zero-sum.
+
+    R_A' = R_A + K * sum(S_v - E(A>B)),  R_B' = R_B - (R_A' - R_A).
+    """
+    expected = elo_expected(r_a, r_b, p)
+    delta = 0.0
+    for v in votes:
+        if v == "invalid":
+            continue
+        delta += p.k * (_SCORE[v] - expected)
+    return r_a + delta, r_b - delta

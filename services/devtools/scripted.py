@@ -1,0 +1,346 @@
+"""Scripted LLMs: deterministic stand-ins for the arena's miner, answerer and judge.
+
+Usage::
+
+    model = load_models("services/devtools/scripted-arena-models.yaml")[0]
+    params = {"max_tokens": 512, "stop": ["<|im_end|>"]}
+    text = apply_sampling(model.generate(prompt, params), params)
+
+The role is read off the prompt. A judge prompt holds ``ANSWER_A_START``; a mining prompt holds
+``challenge_system_prompt``'s phrase "wide range of"; anything else gets an answer. An answer ends
+with the line ``quality=<strength>`` and the judge prefers the higher quality.
+
+Judge parsing rule (answers are untrusted text that may contain markers or verdict labels):
+answer B runs from the *last* ``ANSWER_B_START`` to the last ``ANSWER_B_END`` after it; answer A
+runs from the last ``ANSWER_A_START`` before that B start to the last ``ANSWER_A_END`` before it.
+Within each block only the *last* line reading exactly ``quality=<n>`` counts (answerers write it
+last), so fake markers, fake tags or ``[[A]]``/``[[B]]`` inside an answer cannot flip a verdict.
+An answer without a tag has quality 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from services.arena.prompts import ANSWER_A_END, ANSWER_A_START, ANSWER_B_END, ANSWER_B_START
+
+__all__ = [
+    "MINING_PHRASE",
+    "SAMPLING_KEYS",
+    "VLLM_DEFAULT_MAX_TOKENS",
+    "ScriptedModel",
+    "apply_sampling",
+    "judge_answers",
+    "load_models",
+    "parse_models",
+    "quality_of",
+    "role_of",
+    "stop_strings",
+    "stream_chunks",
+    "validate_sampling_params",
+]
+
+VLLM_DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default when max_tokens is not sent
+MINING_PHRASE = "wide range of"  # part of challenge_system_prompt (a unit test checks)
+MINER_JUNK = "\n<|im_start|>assistant\nSure! Let me work through this step by step."
+
+_INT_KEYS = frozenset({"n", "top_k", "max_tokens", "seed"})
+_FLOAT_KEYS = frozenset(
+    {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
+)
+_BOOL_KEYS = frozenset({"ignore_eos", "skip_special_tokens"})
+SAMPLING_KEYS = _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS | {"stop"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_QUALITY_RE = re.compile(r"^quality=(\d+)[ \t\r]*$", re.MULTILINE)
+_MINING_LANG_RE = re.compile(r"(\S+) coding problems")
+_ANSWER_LANG_RE = re.compile(r"expert (\S+) programmer")
+_IDENT_RE = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_TOKEN_RE = re.compile(r"\S+")
+_SEED_SPACE = 100_003  # mining numbers: seed-derived block plus a per-model call counter
+
+_TASKS: tuple[tuple[str, str], ...] = (
+    ("merge_intervals", "takes a list of closed intervals, merges every overlapping pair and "
+     "returns the merged intervals sorted by start."),
+    ("top_k_words", "returns the k most frequent words of a text, breaking ties alphabetically."),
+    ("first_unbalanced", "checks a string of brackets ()[]{} and returns the index of the first "
+     "mismatch, or -1 when it is balanced."),
+    ("longest_unique_run", "returns the length of the longest substring without repeated "
+     "characters."),
+    ("topo_order", "topologically sorts a directed graph given as an adjacency list and reports a "
+     "cycle if there is one."),
+    ("parse_csv_line", "splits one CSV line with quoted fields and doubled quotes into a list of "
+     "strings."),
+    ("shortest_paths", "computes Dijkstra shortest-path lengths from a source node of a weighted "
+     "graph."),
+    ("rotate_matrix", "rotates an N x N matrix by 90 degrees clockwise in place."),
+    ("edit_distance", "returns the Levenshtein distance between two strings in O(n*m) time."),
+    ("roman_to_int", "converts a Roman numeral to an integer and rejects malformed numerals."),
+    ("eval_expression", "evaluates an arithmetic expression with + - * / and parentheses, "
+     "respecting precedence."),
+    ("group_anagrams", "groups words into anagram classes and returns the classes, largest "
+     "first."),
+)  # fmt: skip
+
+Role = Literal["judge", "miner", "answerer"]
+
+
+def role_of(prompt: str) -> Role:
+    """Which role a prompt asks for."""
+    if ANSWER_A_START in prompt:
+        return "judge"
+    if MINING_PHRASE in prompt:
+        return "miner"
+    return "answerer"
+
+
+def quality_of(answer: str) -> int:
+    """The scripted quality of an answer: its last ``quality=<n>`` line, 0 when it has none."""
+    tags = _QUALITY_RE.findall(answer)
+    return int(tags[-1]) if tags else 0
+
+
+def judge_answers(prompt: str) -> tuple[str, str]:
+    """Answers A and B of a judge prompt, by the rule in the module docstring."""
+    b_start = prompt.rfind(ANSWER_B_START)
+    if b_start < 0:
+        head, answer_b = prompt, ""
+    else:
+        head, answer_b = prompt[:b_start], prompt[b_start + len(ANSWER_B_START) :]
+        b_end = answer_b.rfind(ANSWER_B_END)
+        if b_end >= 0:
+            answer_b = answer_b[:b_end]
+    a_start = head.rfind(ANSWER_A_START)
+    answer_a = head[a_start + len(ANSWER_A_START) :] if a_start >= 0 else ""
+    a_end = answer_a.rfind(ANSWER_A_END)
+    if a_end >= 0:
+        answer_a = answer_a[:a_end]
+    return answer_a.strip("\n"), answer_b.strip("\n")
+
+
+def _check_type(key: str, value: Any) -> None:
+    if key in _INT_KEYS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif key in _FLOAT_KEYS:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    elif key in _BOOL_KEYS:
+        ok, expected = isinstance(value, bool), "a boolean"
+    else:  # stop
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(s, str) for s in value)
+        )
+        expected = "a string or a list of strings"
+    if not ok:
+        raise ValueError(f"sampling_parameters.{key}: expected {expected}, got {value!r}")
+
+
+_RANGES: dict[str, tuple[str, Any]] = {
+    "n": ("must be >= 1", lambda v: v >= 1),
+    "max_tokens": ("must be >= 1", lambda v: v >= 1),
+    "top_k": ("must be -1, 0 or >= 1", lambda v: v >= -1),
+    "temperature": ("must be >= 0", lambda v: v >= 0),
+    "top_p": ("must be in (0, 1]", lambda v: 0 < v <= 1),
+    "min_p": ("must be in [0, 1]", lambda v: 0 <= v <= 1),
+    "presence_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
+    "frequency_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
+    "repetition_penalty": ("must be > 0", lambda v: v > 0),
+    "stop": ("must not contain an empty string", lambda v: "" not in stop_strings({"stop": v})),
+}
+
+
+def validate_sampling_params(params: Any) -> dict[str, Any]:
+    """Check params as vLLM's SamplingParams would; ``ValueError`` names the offending key.
+
+    Like the Triton vLLM backend, keys whose value is null are dropped (vLLM's default applies).
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(
+            f"sampling_parameters: expected a JSON object, got {type(params).__name__}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key not in SAMPLING_KEYS:
+            raise ValueError(f"sampling_parameters.{key}: unknown sampling parameter")
+        _check_type(key, value)
+        rule = _RANGES.get(key)
+        if rule is not None and not rule[1](value):
+            raise ValueError(f"sampling_parameters.{key}: {rule[0]}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
+def stop_strings(params: Mapping[str, Any]) -> list[str]:
+    """The stop strings of params as a list (vLLM accepts one string or a list)."""
+    stop = params.get("stop")
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def apply_sampling(text: str, params: Mapping[str, Any]) -> str:
+    """Cut generated text as vLLM would: at most max_tokens tokens, then before the first stop.
+
+    A token is a run of non-whitespace; the text is kept verbatim up to the end of the last kept
+    token. The stop string itself is excluded. Params are validated first.
+    """
+    checked = validate_sampling_params(params)
+    max_tokens = checked.get("max_tokens", VLLM_DEFAULT_MAX_TOKENS)
+    for count, match in enumerate(_TOKEN_RE.finditer(text), start=1):
+        if count == max_tokens:
+            text = text[: match.end()]
+            break
+    cuts = [i for i in (text.find(s) for s in stop_strings(checked)) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def stream_chunks(text: str, parts: int = 4) -> list[str]:
+    """Split text at whitespace-token starts into at most ``parts`` pieces that join back to it."""
+    starts = [match.start() for match in _TOKEN_RE.finditer(text)][1:]
+    if not starts or parts <= 1:
+        return [text]
+    cuts = sorted({starts[i * len(starts) // parts] for i in range(1, parts)})
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in pairwise(bounds)]
+
+
+@dataclass
+class ScriptedModel:
+    """One scripted LLM; ``generate`` is deterministic given the sequence of calls."""
+
+    name: str
+    strength: int
+    garble_first_verdicts: int = 0
+    latency_s: float = 0.0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    _mined: int = field(default=0, init=False, repr=False, compare=False)
+    _judged: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"name: invalid model name {self.name!r}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int):
+            raise ValueError(f"strength: expected an integer, got {self.strength!r}")
+        if not 1 <= self.strength <= 10:
+            raise ValueError(f"strength: must be in 1..10, got {self.strength}")
+        garble = self.garble_first_verdicts
+        if isinstance(garble, bool) or not isinstance(garble, int) or garble < 0:
+            raise ValueError(f"garble_first_verdicts: expected an integer >= 0, got {garble!r}")
+        latency = self.latency_s
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+            raise ValueError(f"latency_s: expected a number >= 0, got {latency!r}")
+
+    def generate(self, prompt: str, params: Mapping[str, Any]) -> str:
+        """The raw text this model "generates" for prompt (before ``apply_sampling``)."""
+        role = role_of(prompt)
+        if role == "judge":
+            return self._judge(prompt)
+        if role == "miner":
+            return self._mine(prompt, params)
+        return self._answer(prompt)
+
+    def _judge(self, prompt: str) -> str:
+        with self._lock:
+            garble = self._judged < self.garble_first_verdicts
+            self._judged += 1
+        answer_a, answer_b = judge_answers(prompt)
+        qa, qb = quality_of(answer_a), quality_of(answer_b)
+        summary = f"Assistant A's answer rates {qa}/10 and Assistant B's answer rates {qb}/10."
+        if garble:
+            return f"{summary} Both answers try to address the question; it is hard to say more."
+        if qa > qb:
+            return f"{summary} A is more complete and more accurate.\n[[A]]"
+        if qb > qa:
+            return f"{summary} B is more complete and more accurate.\n[[B]]"
+        return f"{summary} They are equally good.\n[[Tie]]"
+
+    def _mine(self, prompt: str, params: Mapping[str, Any]) -> str:
+        with self._lock:
+            counter = self._mined
+            self._mined += 1
+        seed = params.get("seed")
+        seed_part = (seed % _SEED_SPACE) * _SEED_SPACE if isinstance(seed, int) else 0
+        index = counter + seed_part
+        salt = zlib.crc32(self.name.encode()) % 1000
+        base, task = _TASKS[(index + salt) % len(_TASKS)]
+        match = _MINING_LANG_RE.search(prompt)
+        language = match.group(1) if match else "Python"
+        instruction = (
+            f"Write a {language} function `{base}_{index * 1000 + salt}` that {task} "
+            "Explain the approach and include a few test cases."
+        )
+        stops = stop_strings(params)
+        return f"{instruction}{stops[0]}{MINER_JUNK}" if stops else instruction
+
+    def _answer(self, prompt: str) -> str:
+        match = _ANSWER_LANG_RE.search(prompt)
+        language = match.group(1) if match else "Python"
+        idents = _IDENT_RE.findall(prompt)
+        ident = idents[-1] if idents else "solve"
+        s = self.strength
+        if s >= 8:
+            intro = "Here is a complete solution that handles empty and duplicate inputs."
+            body = f"    # level {s}: validated input, edge cases covered\n"
+            body += "    if not data:\n        return []\n    return sorted(set(data))\n"
+            outro = "It runs in O(n log n) and is covered by tests for edge cases.\n"
+        elif s >= 4:
+            intro = "Here is a solution."
+            body = f"    # level {s}: straightforward approach\n    return sorted(data)\n"
+            outro = ""
+        else:
+            intro = "Try this."
+            body = f"    # level {s}: rough sketch, edge cases missing\n    return data\n"
+            outro = ""
+        fence = language.lower()
+        return f"{intro}\n```{fence}\ndef {ident}(data):\n{body}```\n{outro}quality={s}"
+
+
+_MODEL_KEYS = frozenset({"name", "strength", "garble_first_verdicts", "latency_s"})
+
+
+def parse_models(doc: Any) -> list[ScriptedModel]:
+    """Scripted models from a parsed YAML document ``{models: [{name, strength, ...}, ...]}``."""
+    if not isinstance(doc, Mapping) or set(doc) != {"models"}:
+        raise ValueError("$: expected a mapping with the single key 'models'")
+    entries = doc["models"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("$.models: expected a non-empty list")
+    models: list[ScriptedModel] = []
+    for i, entry in enumerate(entries):
+        where = f"$.models[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a mapping")
+        unknown = sorted(set(entry) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key")
+        for key in ("name", "strength"):
+            if key not in entry:
+                raise ValueError(f"{where}.{key}: missing")
+        try:
+            model = ScriptedModel(**entry)
+        except ValueError as exc:
+            raise ValueError(f"{where}.{exc}") from None
+        if any(m.name == model.name for m in models):
+            raise ValueError(f"{where}.name: duplicate model name {model.name!r}")
+        models.append(model)
+    return models
+
+
+def load_models(path: str | Path) -> list[ScriptedModel]:
+    """Scripted models from a YAML file (see ``parse_models``)."""
+    return parse_models(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
