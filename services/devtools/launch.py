@@ -158,7 +158,10 @@ def wait_http(url: str, proc: ManagedProcess, timeout: float) -> None:
 
 
 def start_scripted_triton(
-    models_file: Path, model_names: list[str], *, log_path: Path | None = None,
+    models_file: Path,
+    model_names: list[str],
+    *,
+    log_path: Path | None = None,
     timeout: float = 180.0,
 ) -> ManagedProcess:
     """A real Triton Inference Server (PyTriton) serving the scripted test models."""

@@ -247,10 +247,11 @@ class Bus:
         sub = await self.js.pull_subscribe_bind(durable, stream)
         decoder = msgspec.json.Decoder(type_)
         tasks: set[asyncio.Task[None]] = set()
+        stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
                 if len(tasks) >= max_in_flight:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
                     msgs = await sub.fetch(max_in_flight - len(tasks), timeout=1.0)
@@ -263,6 +264,7 @@ class Bus:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
         finally:
+            stopping.cancel()
             if tasks:
                 _, pending = await asyncio.wait(set(tasks), timeout=drain_timeout_s)
                 for task in pending:

@@ -1,0 +1,74 @@
+"""Builders shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proto.messages import Answer, Battle, Challenge, Judgement, SamplingParams, Vote, battle_id
+from services.arena.instructions import normalise
+from services.runtime.settings import ArenaSettings, parse_settings
+
+SP = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=128)
+PRESETS = {"alpha": "chatml", "beta": "llama3", "gamma": "deepseek-coder"}
+
+
+def arena_settings(
+    triton_url: str = "127.0.0.1:1", nats_url: str = "nats://127.0.0.1:4222", **changes: Any
+) -> ArenaSettings:
+    models = {
+        name: {
+            "triton_url": triton_url,
+            "triton_model": name,
+            "chat_template": {"preset": PRESETS.get(name, "chatml")},
+            "timeout_s": 30,
+        }
+        for name in ("alpha", "beta", "gamma", "garbler", "slow")
+    }
+    tree: dict[str, Any] = {
+        "models": models,
+        "competitors": ["alpha", "beta", "gamma"],
+        "nats": {"url": nats_url, "max_deliver": 3, "retry_delay_s": 0.05, "ack_wait_s": 10},
+    }
+    for key, value in changes.items():
+        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_settings(tree)
+
+
+def challenge(attacker: str = "alpha", defender: str = "beta", text: str = "") -> Challenge:
+    text = text or f"Write a Python function that reverses a linked list ({attacker}>{defender})."
+    return Challenge(
+        id=battle_id(attacker, defender, normalise(text)),
+        attacker=attacker,
+        defender=defender,
+        language="Python",
+        instruction=text,
+        sampling=SP,
+        created_at=1.0,
+    )
+
+
+def battle(
+    attacker_text: str = "ok\nquality=9",
+    defender_text: str = "meh\nquality=2",
+    **kw: Any,
+) -> Battle:
+    ch = challenge(**kw)
+    return Battle(
+        id=ch.id,
+        challenge=ch,
+        attacker_answer=Answer(model=ch.attacker, role="attacker", text=attacker_text,
+                               latency_s=0.1, sampling=SP),
+        defender_answer=Answer(model=ch.defender, role="defender", text=defender_text,
+                               latency_s=0.1, sampling=SP),
+        answered_at=2.0,
+    )
+
+
+def judgement(winners: list[str], **kw: Any) -> Judgement:
+    b = battle(**kw)
+    votes = [
+        Vote(judge=f"judge{i}", orders=["attacker", "defender"], verdicts=["A", "B"],
+             winner=w, asked=2)  # type: ignore[arg-type]
+        for i, w in enumerate(winners)
+    ]
+    return Judgement(id=b.id, battle=b, votes=votes, position_mode="both", judged_at=3.0)

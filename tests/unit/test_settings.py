@@ -1,0 +1,128 @@
+"""Strict arena config: every error names the key."""
+
+import copy
+import textwrap
+
+import pytest
+
+from services.runtime.settings import ConfigError, Secret, load_settings, parse_settings
+
+BASE = {
+    "models": {
+        name: {"triton_url": "triton:8001", "triton_model": name,
+               "chat_template": {"preset": "chatml"}}
+        for name in ("a", "b", "c")
+    },
+    "competitors": ["a", "b", "c"],
+}
+
+
+def tree(**changes):
+    t = copy.deepcopy(BASE)
+    t.update(changes)
+    return t
+
+
+def test_defaults_follow_the_paper():
+    s = parse_settings(tree())
+    assert (s.scoring.k, s.scoring.scale, s.scoring.base, s.scoring.alpha) == (40, 400, 10, 0.7)
+    assert (s.sampling.challenge.temperature, s.sampling.challenge.top_p) == (1.2, 0.99)
+    assert (s.sampling.response.temperature, s.sampling.response.top_p) == (1.0, 0.95)
+    assert s.sampling.response.max_tokens == 8192
+    assert s.sampling.judge.top_p == 0.995
+    assert s.judge.position_mode == "both"
+    assert s.languages == ["Python"]
+
+
+def test_unknown_key_is_named():
+    t = tree()
+    t["nats"] = {"urll": "nats://x"}
+    with pytest.raises(ConfigError, match=r"unknown field `urll`.*\$\.nats"):
+        parse_settings(t)
+
+
+def test_bad_value_names_the_model():
+    t = tree()
+    t["models"]["b"]["timeout_s"] = -1
+    with pytest.raises(ConfigError, match=r"\$\.models\.b\.timeout_s"):
+        parse_settings(t)
+
+
+def test_undefined_competitor_is_named():
+    with pytest.raises(ConfigError, match=r"\$\.competitors\[2\].*'zeta'"):
+        parse_settings(tree(competitors=["a", "b", "zeta"]))
+
+
+def test_two_competitors_without_a_judge_are_rejected():
+    with pytest.raises(ConfigError, match="uninvolved judge"):
+        parse_settings(tree(competitors=["a", "b"]))
+    # A judge-only model makes two competitors valid.
+    s = parse_settings(tree(competitors=["a", "b"], judges=["c"]))
+    assert s.judges_for("a", "b") == ["c"]
+
+
+def test_judges_never_judge_their_own_battle():
+    s = parse_settings(tree())
+    assert s.judges_for("a", "b") == ["c"]
+    assert s.judges_for("c", "a") == ["b"]
+
+
+def test_water_marks_and_pair_weights_are_checked():
+    with pytest.raises(ConfigError, match="low_water"):
+        parse_settings(tree(challenger={"low_water": 10, "high_water": 5}))
+    with pytest.raises(ConfigError, match=r"pair_weights\.a>a"):
+        parse_settings(tree(challenger={"pair_weights": {"a>a": 2}}))
+
+
+def test_template_needs_exactly_one_source():
+    t = tree()
+    t["models"]["a"]["chat_template"] = {"preset": "chatml", "file": "x.jinja"}
+    with pytest.raises(ConfigError, match=r"\$\.models\.a\.chat_template"):
+        parse_settings(t)
+
+
+def test_env_overrides_and_secret(tmp_path):
+    path = tmp_path / "arena.yaml"
+    path.write_text(textwrap.dedent("""
+        models:
+          a: {triton_url: "t:1", triton_model: a, chat_template: {preset: chatml}}
+          b: {triton_url: "t:1", triton_model: b, chat_template: {preset: llama3}}
+          c: {triton_url: "t:1", triton_model: c, chat_template: {file: tpl/c.jinja}}
+        competitors: [a, b, c]
+        nats: {password: hunter2}
+    """))
+    env = {
+        "WARRIORCODER__SCORING__ALPHA": "0.5",
+        "WARRIORCODER__MODELS__A__TIMEOUT_S": "12",
+        "WARRIORCODER__NATS__URL": "nats://bus:4222",
+        "OTHER": "ignored",
+    }
+    s = load_settings(path, env)
+    assert s.scoring.alpha == 0.5
+    assert s.models["a"].timeout_s == 12
+    assert s.nats.url == "nats://bus:4222"
+    assert s.models["c"].chat_template.file == str((tmp_path / "tpl" / "c.jinja").resolve())
+    assert isinstance(s.nats.password, Secret)
+    assert s.nats.password.reveal() == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.nats.password)
+
+
+def test_env_override_with_bad_value_names_the_key(tmp_path):
+    import yaml
+
+    path = tmp_path / "arena.yaml"
+    path.write_text(yaml.safe_dump(tree()))
+    with pytest.raises(ConfigError, match=r"\$\.scoring\.alpha"):
+        load_settings(path, {"WARRIORCODER__SCORING__ALPHA": "1.5"})
+    path.write_text("competitors: [a, b, c]\n")
+    with pytest.raises(ConfigError, match="models"):
+        load_settings(path, {})
+
+
+def test_unreadable_or_non_mapping_config(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(bad)
