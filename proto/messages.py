@@ -36,7 +36,9 @@ __all__ = [
     "encode",
 ]
 
-ModelName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+ModelName = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
 MessageId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
 Timestamp = Annotated[float, Meta(ge=0)]  # seconds since the Unix epoch
 Role = Literal["attacker", "defender"]
@@ -210,4 +212,4 @@ def decode(data: bytes | str, type_: type[T]) -> T:
     dec = _decoders.get(type_)
     if dec is None:
         dec = _decoders[type_] = msgspec.json.Decoder(type_)
-    return dec.decode(data)  # type: ignore[no-any-return]
+    return dec.decode(data)

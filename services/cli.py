@@ -16,13 +16,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.runtime.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from services.runtime.service import ServiceSpec
 
 SERVICE_NAMES = ("challenger", "responder", "judge", "aggregator")
 
 
-def _spec(name: str):  # type: ignore[no-untyped-def]
+def _spec(name: str) -> ServiceSpec:
     # Imported here so `warriorcoder schema` does not load tritonclient and friends.
     if name == "challenger":
         from services.challenger import SPEC
@@ -62,8 +66,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         except TemplateError as exc:
             print(f"warriorcoder: `$.models.{name}.chat_template`: {exc}", file=sys.stderr)
             return 2
-    print(f"{args.config}: ok ({len(settings.competitors)} competitors, "
-          f"{len(settings.judge_pool)} judges)")
+    print(
+        f"{args.config}: ok ({len(settings.competitors)} competitors, "
+        f"{len(settings.judge_pool)} judges)"
+    )
     return 0
 
 
@@ -73,8 +79,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     if args.check:
         stale = schema_gen.stale()
         if stale:
-            print(f"stale generated schema: {', '.join(stale)} (run `warriorcoder schema`)",
-                  file=sys.stderr)
+            print(
+                f"stale generated schema: {', '.join(stale)} (run `warriorcoder schema`)",
+                file=sys.stderr,
+            )
             return 1
         print("proto/schema is up to date")
         return 0
@@ -93,16 +101,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         with LocalArena(data_dir) as arena:
             already = count_samples(arena.samples_dir)
-            print(f"arena running: nats-server, tritonserver and 4 services; "
-                  f"{already} samples already in the data directory")
+            print(
+                f"arena running: nats-server, tritonserver and 4 services; "
+                f"{already} samples already in the data directory"
+            )
 
             def progress(n: int) -> None:
                 rate = (n - already) / max(time.monotonic() - start, 1e-9)
                 print(f"  samples {n}/{args.battles}  ({rate:.2f}/s)", flush=True)
 
             n = arena.wait_for_samples(args.battles, timeout=args.timeout, progress=progress)
-            print(f"done: {n} samples in {arena.samples_dir} after "
-                  f"{time.monotonic() - start:.1f}s; stopping")
+            print(
+                f"done: {n} samples in {arena.samples_dir} after "
+                f"{time.monotonic() - start:.1f}s; stopping"
+            )
     except KeyboardInterrupt:
         print("interrupted: stopped all processes", file=sys.stderr)
         return 130
@@ -119,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one service until SIGTERM")
     p.add_argument("service", choices=SERVICE_NAMES)
     p.add_argument("--config", required=True, help="arena config (YAML)")
-    p.add_argument("--http-port", type=int, default=None,
-                   help="port of /metrics, /healthz, /readyz (default: service.http_port)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="port of /metrics, /healthz, /readyz (default: service.http_port)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check-config", help="validate an arena config and its chat templates")

@@ -56,10 +56,12 @@ def battle(
     return Battle(
         id=ch.id,
         challenge=ch,
-        attacker_answer=Answer(model=ch.attacker, role="attacker", text=attacker_text,
-                               latency_s=0.1, sampling=SP),
-        defender_answer=Answer(model=ch.defender, role="defender", text=defender_text,
-                               latency_s=0.1, sampling=SP),
+        attacker_answer=Answer(
+            model=ch.attacker, role="attacker", text=attacker_text, latency_s=0.1, sampling=SP
+        ),
+        defender_answer=Answer(
+            model=ch.defender, role="defender", text=defender_text, latency_s=0.1, sampling=SP
+        ),
         answered_at=2.0,
     )
 
@@ -67,8 +69,13 @@ def battle(
 def judgement(winners: list[str], **kw: Any) -> Judgement:
     b = battle(**kw)
     votes = [
-        Vote(judge=f"judge{i}", orders=["attacker", "defender"], verdicts=["A", "B"],
-             winner=w, asked=2)  # type: ignore[arg-type]
+        Vote(
+            judge=f"judge{i}",
+            orders=["attacker", "defender"],
+            verdicts=["A", "B"],
+            winner=w,
+            asked=2,
+        )  # type: ignore[arg-type]
         for i, w in enumerate(winners)
     ]
     return Judgement(id=b.id, battle=b, votes=votes, position_mode="both", judged_at=3.0)

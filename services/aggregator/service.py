@@ -21,7 +21,7 @@ from services.aggregator.dataset import ShardWriter
 from services.aggregator.ratings import RatingsStore
 from services.arena.decide import decide
 from services.runtime import metrics
-from services.runtime.service import Deps, ServiceSpec
+from services.runtime.service import Deps, Handler, ServiceSpec
 from services.runtime.settings import ArenaSettings
 
 __all__ = ["SPEC", "run"]
@@ -29,7 +29,7 @@ __all__ = ["SPEC", "run"]
 log = logging.getLogger(__name__)
 
 
-def make_handler(deps: Deps, store: RatingsStore, writer: ShardWriter):  # type: ignore[no-untyped-def]
+def make_handler(deps: Deps, store: RatingsStore, writer: ShardWriter) -> Handler[Judgement]:
     scoring = deps.settings.scoring
 
     async def handle(j: Judgement) -> None:

@@ -29,7 +29,7 @@ def parse_verdict(output: str) -> Label | None:
     if not matches:
         return None
     last = matches[-1].upper()
-    return "tie" if last == "TIE" else last  # type: ignore[return-value]
+    return "tie" if last == "TIE" else last
 
 
 def winner_of(first: Role, label: Label) -> Literal["attacker", "defender", "tie"]:

@@ -13,13 +13,14 @@ The schedule cursor and the exact de-dup index live in NATS KV, shared by every 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import time
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.errors import Error as NatsError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from proto import subjects
@@ -90,7 +91,9 @@ class _Miner:
         self.dedup = dedup
         self.schedule = schedule
         self.cycle = round_robin(s.competitors, s.challenger.pair_weights)
-        templates = {m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors}
+        templates = {
+            m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors
+        }
         self.prefixes = {
             (m, lang): templates[m].magpie_prefix(challenge_system_prompt(lang))
             for m in s.competitors
@@ -155,13 +158,16 @@ class _Miner:
             self.published -= 1
             raise
         metrics.CHALLENGES_PUBLISHED.labels(attacker=attacker).inc()
-        log.info("challenge published", extra={"id": cid, "attacker": attacker,
-                                                "defender": defender})
+        log.info(
+            "challenge published", extra={"id": cid, "attacker": attacker, "defender": defender}
+        )
 
 
 async def run(deps: Deps, stop: asyncio.Event) -> None:
     s = deps.settings
-    miner = _Miner(deps, await deps.bus.kv(subjects.KV_DEDUP), await deps.bus.kv(subjects.KV_SCHEDULE))
+    miner = _Miner(
+        deps, await deps.bus.kv(subjects.KV_DEDUP), await deps.bus.kv(subjects.KV_SCHEDULE)
+    )
     gate = _Gate(s.challenger.low_water, s.challenger.high_water)
     in_flight = 0
 
@@ -190,8 +196,9 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
             except (InferenceError, NatsError, TimeoutError) as exc:
                 failures += 1
                 delay = min(2.0 ** min(failures, 6), 60.0)
-                log.warning("mining failed, backing off", extra={"error": str(exc),
-                                                                 "delay_s": delay})
+                log.warning(
+                    "mining failed, backing off", extra={"error": str(exc), "delay_s": delay}
+                )
                 await _sleep_or_stop(stop, delay)
             finally:
                 in_flight -= 1
@@ -207,10 +214,8 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:

@@ -22,7 +22,7 @@ from services.arena.prompts import judge_messages
 from services.arena.verdicts import Label, Role, combine, parse_verdict
 from services.runtime import metrics
 from services.runtime.errors import inference_errors
-from services.runtime.service import Deps, ServiceSpec
+from services.runtime.service import Deps, Handler, ServiceSpec
 from services.runtime.settings import ArenaSettings
 from services.runtime.tasks import gather
 from services.runtime.templates import ChatTemplate
@@ -39,14 +39,16 @@ def orders_for(mode: str, battle_id: str) -> list[Role]:
     return ["attacker" if int(battle_id, 16) % 2 == 0 else "defender"]
 
 
-def make_handler(deps: Deps):  # type: ignore[no-untyped-def]
+def make_handler(deps: Deps) -> Handler[Battle]:
     s = deps.settings
     pool = s.judge_pool
     templates = {m: ChatTemplate.from_settings(s.models[m].chat_template) for m in pool}
     cfg = s.sampling.judge
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
 
-    async def verdict(judge: str, question: str, first: str, second: str) -> tuple[Label | None, int]:
+    async def verdict(
+        judge: str, question: str, first: str, second: str
+    ) -> tuple[Label | None, int]:
         calls = 0
         for attempt in range(s.judge.max_reasks + 1):
             messages = judge_messages(question, first, second, reask=attempt > 0)
@@ -64,10 +66,7 @@ def make_handler(deps: Deps):  # type: ignore[no-untyped-def]
         question = b.challenge.instruction
         answers = {"attacker": b.attacker_answer.text, "defender": b.defender_answer.text}
         results = await gather(
-            *(
-                verdict(judge, question, answers[first], answers[_other(first)])
-                for first in orders
-            )
+            *(verdict(judge, question, answers[first], answers[_other(first)]) for first in orders)
         )
         labels = [label for label, _ in results]
         winner = combine(orders, labels)

@@ -20,7 +20,7 @@ from services.arena.prompts import response_system_prompt
 from services.runtime import metrics
 from services.runtime.bus import PoisonError
 from services.runtime.errors import inference_errors
-from services.runtime.service import Deps, ServiceSpec
+from services.runtime.service import Deps, Handler, ServiceSpec
 from services.runtime.settings import ArenaSettings
 from services.runtime.tasks import gather
 from services.runtime.templates import ChatTemplate
@@ -30,7 +30,7 @@ __all__ = ["SPEC", "run"]
 log = logging.getLogger(__name__)
 
 
-def make_handler(deps: Deps):  # type: ignore[no-untyped-def]
+def make_handler(deps: Deps) -> Handler[Challenge]:
     s = deps.settings
     templates = {m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors}
     cfg = s.sampling.response

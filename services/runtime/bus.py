@@ -93,9 +93,7 @@ async def connect(cfg: NatsSettings, *, name: str = "warriorcoder") -> NATS:
     async def _on_reconnect() -> None:
         log.info("nats reconnected")
 
-    opts.update(
-        error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect
-    )
+    opts.update(error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect)
     return await nats.connect(**opts)
 
 
@@ -324,8 +322,12 @@ class Bus:
         delay = min(self.cfg.retry_delay_s * 2 ** (deliveries - 1), 300.0)
         log.warning(
             "retrying message",
-            extra={"stage": self.stage, "deliveries": deliveries, "delay_s": delay,
-                   "error": str(exc)[:500]},
+            extra={
+                "stage": self.stage,
+                "deliveries": deliveries,
+                "delay_s": delay,
+                "error": str(exc)[:500],
+            },
         )
         await msg.nak(delay=delay)
         metrics.MESSAGES.labels(stage=self.stage, outcome="retry").inc()
@@ -350,5 +352,3 @@ def _stream_seq(msg: Msg) -> int | None:
         return int(msg.metadata.sequence.stream)
     except Exception:
         return None
-
-

@@ -39,7 +39,9 @@ def _app(ready: ReadyCheck, service: str) -> web.Application:
         problems = await ready()
         body = {"ready": not problems, "service": service, "problems": problems}
         return web.Response(
-            body=orjson.dumps(body), status=503 if problems else 200, content_type="application/json"
+            body=orjson.dumps(body),
+            status=503 if problems else 200,
+            content_type="application/json",
         )
 
     app = web.Application()
@@ -50,15 +52,15 @@ def _app(ready: ReadyCheck, service: str) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_http(host: str, port: int, *, ready: ReadyCheck, service: str) -> AsyncIterator[int]:
+async def serve_http(
+    host: str, port: int, *, ready: ReadyCheck, service: str
+) -> AsyncIterator[int]:
     """Serve the endpoints until the context exits; yields the bound port (0 picks a free one)."""
     runner = web.AppRunner(_app(ready, service), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     try:
-        server = site._server  # noqa: SLF001 - aiohttp has no public accessor for the bound port
-        bound = server.sockets[0].getsockname()[1] if server and server.sockets else port
-        yield int(bound)
+        yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()

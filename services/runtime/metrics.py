@@ -31,11 +31,11 @@ STAGE_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("warriorcoder_in_flight", "Messages being handled now", ["stage"])
 DEAD_LETTERS = Counter(
-    "warriorcoder_dead_letters_total", "Messages sent to the dead-letter stream", ["stage", "reason"]
+    "warriorcoder_dead_letters_total",
+    "Messages sent to the dead-letter stream",
+    ["stage", "reason"],
 )
-PUBLISHED = Counter(
-    "warriorcoder_published_total", "Messages published, by subject", ["subject"]
-)
+PUBLISHED = Counter("warriorcoder_published_total", "Messages published, by subject", ["subject"])
 
 INFERENCE_SECONDS = Histogram(
     "warriorcoder_inference_seconds",

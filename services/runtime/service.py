@@ -18,6 +18,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TypeVar
 
 from services import __version__
 from services.runtime import metrics
@@ -26,9 +27,12 @@ from services.runtime.http import serve_http
 from services.runtime.settings import ArenaSettings
 from services.runtime.triton import TritonPool
 
-__all__ = ["Deps", "ServiceSpec", "run_service", "serve"]
+__all__ = ["Deps", "Handler", "ServiceSpec", "run_service", "serve"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[T], Awaitable[None]]  # handles one decoded message of a stage
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,7 +165,9 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
     competitors: Annotated[list[Name], Meta(min_length=2)]
     judges: list[Name] = []  # judge-only models, added to the competitors in the judge pool
     quality_scorers: list[Name] = []
-    languages: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["Python"])
+    languages: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["Python"]
+    )
     sampling: SamplingSettings = msgspec.field(default_factory=SamplingSettings)
     challenger: ChallengerSettings = msgspec.field(default_factory=ChallengerSettings)
     judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)

@@ -33,8 +33,13 @@ async def stream_state(url: str) -> tuple[dict[str, int], Ratings]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     counts = {}
-    for stream in (subjects.STREAM_CHALLENGES, subjects.STREAM_BATTLES,
-                   subjects.STREAM_JUDGEMENTS, subjects.STREAM_SAMPLES, subjects.STREAM_DLQ):
+    for stream in (
+        subjects.STREAM_CHALLENGES,
+        subjects.STREAM_BATTLES,
+        subjects.STREAM_JUDGEMENTS,
+        subjects.STREAM_SAMPLES,
+        subjects.STREAM_DLQ,
+    ):
         counts[stream] = (await js.stream_info(stream)).state.messages
     kv = await js.key_value(subjects.KV_RATINGS)
     ratings = decode((await kv.get(subjects.RATINGS_KEY)).value, Ratings)
@@ -46,8 +51,14 @@ def test_n_challenges_become_n_samples(tmp_path: Path):
     start = time.monotonic()
     overrides = {"challenger": {"max_challenges": N}}
     with LocalArena(tmp_path / "arena", config_overrides=overrides) as arena:
-        assert set(arena.procs) == {"nats-server", "tritonserver", "aggregator", "judge",
-                                    "responder", "challenger"}
+        assert set(arena.procs) == {
+            "nats-server",
+            "tritonserver",
+            "aggregator",
+            "judge",
+            "responder",
+            "challenger",
+        }
         assert len({p.proc.pid for p in arena.procs.values()}) == 6
         arena.wait_for_samples(N, timeout=240)
         elapsed = time.monotonic() - start
@@ -56,9 +67,14 @@ def test_n_challenges_become_n_samples(tmp_path: Path):
         deadline = time.monotonic() + 30
         while True:
             counts, ratings = asyncio.run(stream_state(url))
-            drained = all(counts[s] == 0 for s in (subjects.STREAM_CHALLENGES,
-                                                   subjects.STREAM_BATTLES,
-                                                   subjects.STREAM_JUDGEMENTS))
+            drained = all(
+                counts[s] == 0
+                for s in (
+                    subjects.STREAM_CHALLENGES,
+                    subjects.STREAM_BATTLES,
+                    subjects.STREAM_JUDGEMENTS,
+                )
+            )
             if drained or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -26,7 +26,7 @@ async def bus(nats_url):
     await nc.drain()
 
 
-async def consume_until(bus, handler, *, done, timeout=15.0):
+async def consume_until(bus, handler, *, done, limit_s=15.0):
     stop = asyncio.Event()
 
     async def watch():
@@ -42,9 +42,16 @@ async def consume_until(bus, handler, *, done, timeout=15.0):
     watcher = asyncio.create_task(watch())
     try:
         await asyncio.wait_for(
-            bus.consume(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge,
-                        handler, stop=stop, max_in_flight=4, drain_timeout_s=2),
-            timeout,
+            bus.consume(
+                subjects.STREAM_CHALLENGES,
+                subjects.CONSUMER_RESPONDER,
+                Challenge,
+                handler,
+                stop=stop,
+                max_in_flight=4,
+                drain_timeout_s=2,
+            ),
+            limit_s,
         )
     finally:
         watcher.cancel()
@@ -174,8 +181,10 @@ async def test_a_transient_failure_is_retried_and_then_succeeds(bus):
 
 
 async def test_unexpected_handler_exception_never_crashes_the_consumer(bus):
-    first, second = challenge(text="Write the first program, please."), challenge(
-        text="Write the second program, please.")
+    first, second = (
+        challenge(text="Write the first program, please."),
+        challenge(text="Write the second program, please."),
+    )
     for ch in (first, second):
         await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
     ok: list[str] = []
@@ -203,8 +212,15 @@ async def test_stop_releases_in_flight_work(bus):
         await asyncio.sleep(60)
 
     task = asyncio.create_task(
-        bus.consume(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge, handler,
-                    stop=stop, max_in_flight=1, drain_timeout_s=0.2)
+        bus.consume(
+            subjects.STREAM_CHALLENGES,
+            subjects.CONSUMER_RESPONDER,
+            Challenge,
+            handler,
+            stop=stop,
+            max_in_flight=1,
+            drain_timeout_s=0.2,
+        )
     )
     await asyncio.wait_for(started.wait(), 10)
     stop.set()
@@ -215,7 +231,7 @@ async def test_stop_releases_in_flight_work(bus):
     async def second(c: Challenge) -> None:
         got.set()
 
-    await consume_until(bus, second, done=got.is_set, timeout=5)
+    await consume_until(bus, second, done=got.is_set, limit_s=5)
     assert got.is_set()
 
 
@@ -230,7 +246,8 @@ async def test_kv_bucket_creation_is_idempotent(bus, nats_url):
 
 
 def test_dead_letter_struct_round_trips():
-    d = DeadLetter(stage="judge", reason="x", error="e", subject="s", deliveries=1,
-                   payload="p", failed_at=1.0)
+    d = DeadLetter(
+        stage="judge", reason="x", error="e", subject="s", deliveries=1, payload="p", failed_at=1.0
+    )
     assert decode(encode(d), DeadLetter) == d
     assert msgspec.json.decode(encode(d))["type"] == "warriorcoder.v1.dead_letter"

@@ -160,18 +160,20 @@ async def test_sample_is_rebuilt_identically_after_a_crash_before_writing(deps_f
 async def test_concurrent_aggregators_apply_every_battle_once(deps_factory, tmp_path):
     deps_a = await deps_factory("aggregator")
     deps_b = await deps_factory("aggregator")
-    stores = [RatingsStore(await d.bus.kv(subjects.KV_RATINGS), d.settings.scoring)
-              for d in (deps_a, deps_b)]
-    battles = [judgement(["attacker"], text=f"Write a Python function number {i} to sort.")
-               for i in range(10)]
+    stores = [
+        RatingsStore(await d.bus.kv(subjects.KV_RATINGS), d.settings.scoring)
+        for d in (deps_a, deps_b)
+    ]
+    battles = [
+        judgement(["attacker"], text=f"Write a Python function number {i} to sort.")
+        for i in range(10)
+    ]
 
     async def apply(store, j):
         return await store.apply(j.id, "alpha", "beta", lambda ra, rd: (ra + 1, rd - 1))
 
     # Both replicas get every battle (redelivery to another replica), interleaved.
-    results = await asyncio.gather(
-        *(apply(stores[i % 2], j) for j in battles for i in (0, 1))
-    )
+    results = await asyncio.gather(*(apply(stores[i % 2], j) for j in battles for i in (0, 1)))
     doc, _ = await stores[0].read()
     assert doc.battles == 10
     assert doc.ratings == {"alpha": 1010.0, "beta": 990.0}

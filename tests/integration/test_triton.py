@@ -1,4 +1,4 @@
-"""The Triton adapter against a real Triton Inference Server serving scripted vLLM-contract models."""
+"""The Triton adapter against a real Triton server serving scripted vLLM-contract models."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_unreachable_server_is_retryable():
 
 async def test_timeout_is_retryable(triton_url):
     async with pool_for(triton_url, slow={"triton_model": "slow", "timeout_s": 0.5}) as pool:
-        with pytest.raises(RetryableInferenceError, match="no final response within 0.5s"):
+        with pytest.raises(RetryableInferenceError, match=r"no final response within 0\.5s"):
             await pool.generate("slow", "hello", SP, role="response")
 
 
@@ -108,7 +108,10 @@ async def test_unconfigured_model_name():
 def _count(model: str, outcome: str) -> float:
     for m in metrics.INFERENCE_REQUESTS.collect():
         for s in m.samples:
-            if (s.name.endswith("_total") and s.labels["model"] == model
-                    and s.labels["outcome"] == outcome):
+            if (
+                s.name.endswith("_total")
+                and s.labels["model"] == model
+                and s.labels["outcome"] == outcome
+            ):
                 return s.value
     return 0.0

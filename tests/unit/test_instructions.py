@@ -50,8 +50,7 @@ def test_normalise_for_exact_dedup():
 
 def test_round_robin_every_ordered_pair_once():
     cycle = round_robin(["a", "b", "c"])
-    assert sorted(cycle) == [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"),
-                             ("c", "b")]
+    assert sorted(cycle) == [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")]
 
 
 def test_round_robin_weights_spread_turns():

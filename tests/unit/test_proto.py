@@ -48,12 +48,28 @@ def test_messages_carry_namespaced_versioned_tags():
 def test_round_trip_nested_battle():
     ch = challenge()
     ans = Answer(model="a", role="attacker", text="x", latency_s=0.1, sampling=SP)
-    b = Battle(id=ch.id, challenge=ch, attacker_answer=ans,
-               defender_answer=msgspec.structs.replace(ans, model="b", role="defender"),
-               answered_at=2.0)
-    j = Judgement(id=b.id, battle=b, position_mode="both", judged_at=3.0,
-                  votes=[Vote(judge="c", orders=["attacker", "defender"], verdicts=["A", "B"],
-                              winner="attacker", asked=2)])
+    b = Battle(
+        id=ch.id,
+        challenge=ch,
+        attacker_answer=ans,
+        defender_answer=msgspec.structs.replace(ans, model="b", role="defender"),
+        answered_at=2.0,
+    )
+    j = Judgement(
+        id=b.id,
+        battle=b,
+        position_mode="both",
+        judged_at=3.0,
+        votes=[
+            Vote(
+                judge="c",
+                orders=["attacker", "defender"],
+                verdicts=["A", "B"],
+                winner="attacker",
+                asked=2,
+            )
+        ],
+    )
     assert decode(encode(j), Judgement) == j
 
 
@@ -91,6 +107,10 @@ def test_stale_detects_a_changed_file(tmp_path):
 def test_asyncapi_lists_every_subject():
     doc = schema_gen.asyncapi()
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert {"warriorcoder.v1.challenges", "warriorcoder.v1.battles",
-            "warriorcoder.v1.judgements", "warriorcoder.v1.samples",
-            "warriorcoder.v1.dlq.{stage}"} == addresses
+    assert {
+        "warriorcoder.v1.challenges",
+        "warriorcoder.v1.battles",
+        "warriorcoder.v1.judgements",
+        "warriorcoder.v1.samples",
+        "warriorcoder.v1.dlq.{stage}",
+    } == addresses

@@ -9,8 +9,11 @@ from services.runtime.settings import ConfigError, Secret, load_settings, parse_
 
 BASE = {
     "models": {
-        name: {"triton_url": "triton:8001", "triton_model": name,
-               "chat_template": {"preset": "chatml"}}
+        name: {
+            "triton_url": "triton:8001",
+            "triton_model": name,
+            "chat_template": {"preset": "chatml"},
+        }
         for name in ("a", "b", "c")
     },
     "competitors": ["a", "b", "c"],
@@ -83,14 +86,16 @@ def test_template_needs_exactly_one_source():
 
 def test_env_overrides_and_secret(tmp_path):
     path = tmp_path / "arena.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         models:
           a: {triton_url: "t:1", triton_model: a, chat_template: {preset: chatml}}
           b: {triton_url: "t:1", triton_model: b, chat_template: {preset: llama3}}
           c: {triton_url: "t:1", triton_model: c, chat_template: {file: tpl/c.jinja}}
         competitors: [a, b, c]
         nats: {password: hunter2}
-    """))
+    """)
+    )
     env = {
         "WARRIORCODER__SCORING__ALPHA": "0.5",
         "WARRIORCODER__MODELS__A__TIMEOUT_S": "12",
