@@ -12,9 +12,10 @@ SP = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=128)
 PRESETS = {"alpha": "chatml", "beta": "llama3", "gamma": "deepseek-coder"}
 
 
-def arena_settings(
+def arena_tree(
     triton_url: str = "127.0.0.1:1", nats_url: str = "nats://127.0.0.1:4222", **changes: Any
-) -> ArenaSettings:
+) -> dict[str, Any]:
+    """A config tree over the scripted test models (tests/data/scripted-models.yaml)."""
     models = {
         name: {
             "triton_url": triton_url,
@@ -31,7 +32,13 @@ def arena_settings(
     }
     for key, value in changes.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_settings(tree)
+    return tree
+
+
+def arena_settings(
+    triton_url: str = "127.0.0.1:1", nats_url: str = "nats://127.0.0.1:4222", **changes: Any
+) -> ArenaSettings:
+    return parse_settings(arena_tree(triton_url, nats_url, **changes))
 
 
 def challenge(attacker: str = "alpha", defender: str = "beta", text: str = "") -> Challenge:
