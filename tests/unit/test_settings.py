@@ -131,3 +131,16 @@ def test_unreadable_or_non_mapping_config(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(bad)
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    from services.runtime.templates import ChatTemplate
+
+    path = Path(__file__).parents[2] / "examples" / "arena.yaml"
+    s = load_settings(path, {})
+    assert s.competitors == ["athene", "deepseek", "llama", "qwen", "qwq"]
+    assert len(s.judges_for("qwen", "llama")) == 3
+    for model in s.models.values():
+        assert ChatTemplate.from_settings(model.chat_template).magpie_prefix("sys")
