@@ -34,7 +34,9 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path):
     path.write_text(yaml.safe_dump(tree))
     result = subprocess.run(
         [sys.executable, "-m", "services.cli", "serve", "judge", "--config", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "$.judge.position_mode" in result.stderr
@@ -43,8 +45,12 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path):
 def test_check_config_command(tmp_path: Path):
     path = tmp_path / "arena.yaml"
     path.write_text(yaml.safe_dump(arena_tree()))
-    ok = subprocess.run([sys.executable, "-m", "services.cli", "check-config", "--config",
-                         str(path)], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "services.cli", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "3 competitors" in ok.stdout
 
@@ -59,8 +65,11 @@ def test_service_health_readiness_metrics_and_drain(tmp_path, nats_url, triton_u
         status, body = get(f"{base}/healthz")
         assert status == 200 and json.loads(body)["service"] == "judge"
         status, body = get(f"{base}/readyz")
-        assert status == 200 and json.loads(body) == {"ready": True, "service": "judge",
-                                                      "problems": []}
+        assert status == 200 and json.loads(body) == {
+            "ready": True,
+            "service": "judge",
+            "problems": [],
+        }
         status, body = get(f"{base}/metrics")
         text = body.decode()
         assert status == 200
