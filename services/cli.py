@@ -95,12 +95,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from services.devtools.local_arena import LocalArena, count_samples
 
     data_dir = Path(args.data_dir)
+    already = count_samples(data_dir / "samples")
+    if already >= args.battles:
+        print(f"{data_dir / 'samples'} already holds {already} samples (>= {args.battles})")
+        return 0
     print("warriorcoder up: scripted test models (no real LLM) on a local Triton Inference Server")
     print(f"data directory: {data_dir.resolve()}  (logs in {data_dir / 'logs'})")
     start = time.monotonic()
+    # Mine only what is missing, so the run ends at N samples instead of overshooting.
+    overrides = {"challenger": {"max_challenges": args.battles - already}}
     try:
-        with LocalArena(data_dir) as arena:
-            already = count_samples(arena.samples_dir)
+        with LocalArena(data_dir, config_overrides=overrides) as arena:
             print(
                 f"arena running: nats-server, tritonserver and 4 services; "
                 f"{already} samples already in the data directory"

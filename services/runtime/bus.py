@@ -87,14 +87,20 @@ async def connect(cfg: NatsSettings, *, name: str = "warriorcoder") -> NATS:
     async def _on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
+    client: list[NATS] = []
+
     async def _on_disconnect() -> None:
+        if client and (client[0].is_draining or client[0].is_closed):
+            return  # our own shutdown
         log.warning("nats disconnected")
 
     async def _on_reconnect() -> None:
         log.info("nats reconnected")
 
     opts.update(error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect)
-    return await nats.connect(**opts)
+    nc = await nats.connect(**opts)
+    client.append(nc)
+    return nc
 
 
 def _work_stream(name: str, subject: str, cfg: NatsSettings) -> js_api.StreamConfig:
