@@ -78,6 +78,8 @@ class Challenge(_Base, tag="warriorcoder.v1.challenge", frozen=True, kw_only=Tru
     instruction: Annotated[str, Meta(min_length=1)]
     sampling: SamplingParams
     created_at: Timestamp
+    quality: int | None = None  # the quality scorer's 1-10 rating, when scoring is on
+    quality_scorer: ModelName | None = None
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):

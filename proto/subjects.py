@@ -44,3 +44,5 @@ KV_SCHEDULE: Final = "warriorcoder_v1_schedule"
 
 RATINGS_KEY: Final = "elo"
 SCHEDULE_KEY: Final = "cursor"
+KV_STATS: Final = "warriorcoder_v1_stats"
+STATS_REJECTIONS_KEY: Final = "rejections"

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail when the files are stale")
     p.set_defaults(func=_cmd_schema)
 
+    from services.data.commands import register as register_data_commands
+
+    register_data_commands(sub)  # ratings, export
+
     p = sub.add_parser("up", help="run an arena on this machine (scripted models) until N samples")
     p.add_argument("--data-dir", default="arena-data")
     p.add_argument("--battles", type=int, default=6, help="stop once this many samples exist")

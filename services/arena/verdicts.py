@@ -15,10 +15,13 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["Label", "combine", "parse_verdict", "winner_of"]
+__all__ = ["VERDICT_CHOICES", "Label", "combine", "parse_verdict", "winner_of"]
 
 Label = Literal["A", "B", "tie"]
 Role = Literal["attacker", "defender"]
+
+# The answers a constrained (guided-choice) judge may give.
+VERDICT_CHOICES = ["[[A]]", "[[B]]", "[[Tie]]"]
 
 _LABEL_RE = re.compile(r"\[\[\s*(A|B|Tie)\s*\]\]", re.IGNORECASE)
 

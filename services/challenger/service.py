@@ -5,16 +5,18 @@ Usage::
     warriorcoder serve challenger --config arena.yaml
 
 The attacker gets only its chat-template prefix (system prompt + an opened user turn) and writes
-the user's question (Magpie). Mining runs while the challenge backlog is below the high water mark
-and pauses until it falls to the low water mark, so a continuous arena never floods the bus.
-The schedule cursor and the exact de-dup index live in NATS KV, shared by every replica.
+the user's question (Magpie), sampled over a temperature x top-p grid. Filters, cheapest first:
+cleaning (cut at the end of the user turn; empty, short, long, template debris), benchmark
+decontamination, exact and MinHash-LSH near-duplicates (an index in NATS KV shared by every
+replica), then an LLM quality score (never by the attacker). Every rejection is counted by reason.
+Mining runs while the challenge backlog is below the high water mark and pauses until it falls
+to the low water mark, so a continuous arena never floods the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
@@ -25,9 +27,12 @@ from nats.js.kv import KeyValue
 
 from proto import subjects
 from proto.messages import Challenge, SamplingParams, battle_id
+from services.arena.decontam import NgramIndex
 from services.arena.instructions import clean, normalise
+from services.arena.near_dup import LshBands
 from services.arena.prompts import challenge_system_prompt
 from services.arena.schedule import round_robin
+from services.challenger.filters import DedupIndex, QualityGate, RejectionStats
 from services.runtime import metrics
 from services.runtime.service import Deps, ServiceSpec
 from services.runtime.settings import ArenaSettings
@@ -40,18 +45,36 @@ log = logging.getLogger(__name__)
 
 
 class _Gate:
-    """Open while the backlog is below the high water mark; reopens at the low water mark."""
+    """Open while backlog + mining calls in flight is below the high water mark; once closed,
+    reopens when it falls to the low water mark. Publishes count at once, between observations
+    of the stream, so concurrent workers cannot overshoot the high mark."""
 
     def __init__(self, low: int, high: int) -> None:
         self.low, self.high = low, high
+        self.backlog = 0
+        self.in_flight = 0
         self.open = asyncio.Event()
         self.open.set()
 
-    def observe(self, backlog: int) -> None:
-        if backlog >= self.high:
+    def _update(self) -> None:
+        level = self.backlog + self.in_flight
+        if level >= self.high:
             self.open.clear()
-        elif backlog <= self.low:
+        elif level <= self.low:
             self.open.set()
+
+    def observe(self, backlog: int) -> None:
+        self.backlog = backlog
+        self._update()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._update()
+
+    def leave(self, published: bool) -> None:
+        self.in_flight -= 1
+        self.backlog += published
+        self._update()
 
 
 async def next_cursor(kv: KeyValue) -> int:
@@ -73,24 +96,36 @@ async def next_cursor(kv: KeyValue) -> int:
             continue
 
 
-async def admit(kv: KeyValue, instruction: str, challenge_id: str) -> bool:
-    """Record the instruction in the exact de-dup index; False if it was already there."""
-    key = "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
-    try:
-        await kv.create(key, challenge_id.encode())
-    except KeyWrongLastSequenceError:
-        return False
-    return True
-
-
 class _Miner:
-    def __init__(self, deps: Deps, dedup: KeyValue, schedule: KeyValue) -> None:
+    def __init__(self, deps: Deps, kvs: dict[str, KeyValue]) -> None:
         s = deps.settings
+        c = s.challenger
         self.deps = deps
         self.s = s
-        self.dedup = dedup
-        self.schedule = schedule
-        self.cycle = round_robin(s.competitors, s.challenger.pair_weights)
+        self.schedule = kvs[subjects.KV_SCHEDULE]
+        self.stats = RejectionStats(kvs[subjects.KV_STATS])
+        bands = (
+            LshBands(num_perm=c.near_dup.num_perm, threshold=c.near_dup.threshold)
+            if c.near_dup.enabled
+            else None
+        )
+        self.dedup = DedupIndex(kvs[subjects.KV_DEDUP], bands)
+        self.decontam = (
+            NgramIndex.from_benchmarks(
+                c.decontamination.benchmarks,
+                files=c.decontamination.files,
+                n=c.decontamination.ngram,
+            )
+            if c.decontamination.enabled
+            else None
+        )
+        self.quality = QualityGate(deps) if c.quality.enabled else None
+        self.cycle = round_robin(s.competitors, c.pair_weights)
+        # Each round gives every pair the same (language, temperature, top-p); successive rounds
+        # walk through all combinations, so every pair is mined with every setting.
+        self.settings_cycle = [
+            (lang, t, p) for lang in s.languages for (t, p) in s.sampling.challenge.grid()
+        ]
         templates = {
             m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors
         }
@@ -99,7 +134,15 @@ class _Miner:
             for m in s.competitors
             for lang in s.languages
         }
-        self.stops = {m: [templates[m].user_turn_end()] for m in s.competitors}
+        # The instruction ends where the user turn closes; a model may also just emit its EOS.
+        self.stops = {
+            m: list(
+                dict.fromkeys(
+                    x for x in (templates[m].user_turn_end(), templates[m].eos_token) if x
+                )
+            )
+            for m in s.competitors
+        }
         self.published = 0
         self.rng = random.Random()
 
@@ -107,15 +150,21 @@ class _Miner:
         limit = self.s.challenger.max_challenges
         return limit > 0 and self.published >= limit
 
-    async def mine_one(self) -> None:
+    async def reject(self, reason: str, attacker: str) -> None:
+        metrics.CHALLENGES_REJECTED.labels(reason=reason).inc()
+        log.info("challenge rejected", extra={"reason": reason, "attacker": attacker})
+        await self.stats.add(reason)
+
+    async def mine_one(self) -> bool:
+        """Mine one instruction; True when it was published."""
         cursor = await next_cursor(self.schedule)
         attacker, defender = self.cycle[cursor % len(self.cycle)]
-        language = self.s.languages[(cursor // len(self.cycle)) % len(self.s.languages)]
-        cfg = self.s.sampling.challenge
+        rounds = cursor // len(self.cycle)
+        language, temperature, top_p = self.settings_cycle[rounds % len(self.settings_cycle)]
         params = SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=self.s.sampling.challenge.max_tokens,
             seed=self.rng.randrange(2**31),
         )
         gen = await self.deps.triton.generate(
@@ -133,15 +182,35 @@ class _Miner:
             max_chars=self.s.challenger.max_chars,
         )
         if reason is not None:
-            metrics.CHALLENGES_REJECTED.labels(reason=reason).inc()
-            log.info("challenge rejected", extra={"reason": reason, "attacker": attacker})
-            return
+            await self.reject(reason, attacker)
+            return False
+        if self.decontam is not None and (hit := self.decontam.match(text)) is not None:
+            log.info("contaminated instruction", extra={"benchmark_problem": hit})
+            await self.reject("contaminated", attacker)
+            return False
         cid = battle_id(attacker, defender, normalise(text))
-        if not await admit(self.dedup, text, cid):
-            metrics.CHALLENGES_REJECTED.labels(reason="duplicate").inc()
-            return
+        claim, dup_reason = await self.dedup.claim(text, cid)
+        if claim is None:
+            await self.reject(dup_reason, attacker)
+            return False
+        score = scorer = None
+        if self.quality is not None:
+            try:
+                score, scorer = await self.quality.rate(text, language, attacker)
+            except BaseException:
+                await claim.release()
+                raise
+            if score is None or score < self.s.challenger.quality.threshold:
+                await claim.release()
+                metrics.QUALITY_SCORES.observe(score or 0)
+                await self.reject(
+                    "quality_unparseable" if score is None else "low_quality", attacker
+                )
+                return False
+            metrics.QUALITY_SCORES.observe(score)
         if self.done():  # another worker reached the limit while this one was mining
-            return
+            await claim.release()
+            return False
         challenge = Challenge(
             id=cid,
             attacker=attacker,
@@ -150,6 +219,8 @@ class _Miner:
             instruction=text,
             sampling=params,
             created_at=time.time(),
+            quality=score,
+            quality_scorer=scorer,
         )
         self.published += 1  # reserved before the await so concurrent workers respect the limit
         try:
@@ -159,17 +230,17 @@ class _Miner:
             raise
         metrics.CHALLENGES_PUBLISHED.labels(attacker=attacker).inc()
         log.info(
-            "challenge published", extra={"id": cid, "attacker": attacker, "defender": defender}
+            "challenge published",
+            extra={"id": cid, "attacker": attacker, "defender": defender, "quality": score},
         )
+        return True
 
 
 async def run(deps: Deps, stop: asyncio.Event) -> None:
     s = deps.settings
-    miner = _Miner(
-        deps, await deps.bus.kv(subjects.KV_DEDUP), await deps.bus.kv(subjects.KV_SCHEDULE)
-    )
+    buckets = (subjects.KV_DEDUP, subjects.KV_SCHEDULE, subjects.KV_STATS)
+    miner = _Miner(deps, {b: await deps.bus.kv(b) for b in buckets})
     gate = _Gate(s.challenger.low_water, s.challenger.high_water)
-    in_flight = 0
 
     async def watch_backlog() -> None:
         while not stop.is_set():
@@ -179,19 +250,21 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
                 log.warning("backlog check failed: %s", exc)
             else:
                 metrics.BACKLOG.labels(stream=subjects.STREAM_CHALLENGES).set(backlog)
-                gate.observe(backlog + in_flight)
+                gate.observe(backlog)
             await _sleep_or_stop(stop, s.challenger.poll_interval_s)
 
     async def worker() -> None:
-        nonlocal in_flight
         failures = 0
         while not stop.is_set() and not miner.done():
             await _wait_either(gate.open, stop)
             if stop.is_set():
                 return
-            in_flight += 1
+            if not gate.open.is_set():
+                continue  # another worker took the last slot
+            gate.enter()
+            published = False
             try:
-                await miner.mine_one()
+                published = await miner.mine_one()
                 failures = 0
             except (InferenceError, NatsError, TimeoutError) as exc:
                 failures += 1
@@ -201,7 +274,7 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
                 )
                 await _sleep_or_stop(stop, delay)
             finally:
-                in_flight -= 1
+                gate.leave(published)
 
     async with asyncio.TaskGroup() as tg:
         watcher = tg.create_task(watch_backlog())

@@ -55,7 +55,8 @@ def scripted_arena_config(
         "competitors": names,
         "languages": ["Python"],
         "sampling": {
-            "challenge": {"temperature": 1.2, "top_p": 0.99, "max_tokens": 256},
+            "challenge": {"temperatures": [1.0, 1.2], "top_ps": [0.95, 0.99], "max_tokens": 256},
+            "quality": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 128},
             "response": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 512},
             "judge": {"temperature": 1.0, "top_p": 0.995, "max_tokens": 256},
         },

@@ -21,6 +21,7 @@ An answer without a tag has quality 0.
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
 import zlib
@@ -33,6 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from services.arena.prompts import ANSWER_A_END, ANSWER_A_START, ANSWER_B_END, ANSWER_B_START
+from services.arena.quality import QUESTION_START_MARK
 
 __all__ = [
     "MINING_PHRASE",
@@ -59,7 +61,7 @@ _FLOAT_KEYS = frozenset(
     {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
 )
 _BOOL_KEYS = frozenset({"ignore_eos", "skip_special_tokens"})
-SAMPLING_KEYS = _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS | {"stop"}
+SAMPLING_KEYS = _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS | {"stop", "guided_decoding"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUALITY_RE = re.compile(r"^quality=(\d+)[ \t\r]*$", re.MULTILINE)
@@ -69,36 +71,79 @@ _IDENT_RE = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 _TOKEN_RE = re.compile(r"\S+")
 _SEED_SPACE = 100_003  # mining numbers: seed-derived block plus a per-model call counter
 
-_TASKS: tuple[tuple[str, str], ...] = (
-    ("merge_intervals", "takes a list of closed intervals, merges every overlapping pair and "
-     "returns the merged intervals sorted by start."),
-    ("top_k_words", "returns the k most frequent words of a text, breaking ties alphabetically."),
-    ("first_unbalanced", "checks a string of brackets ()[]{} and returns the index of the first "
-     "mismatch, or -1 when it is balanced."),
-    ("longest_unique_run", "returns the length of the longest substring without repeated "
-     "characters."),
-    ("topo_order", "topologically sorts a directed graph given as an adjacency list and reports a "
-     "cycle if there is one."),
-    ("parse_csv_line", "splits one CSV line with quoted fields and doubled quotes into a list of "
-     "strings."),
-    ("shortest_paths", "computes Dijkstra shortest-path lengths from a source node of a weighted "
-     "graph."),
-    ("rotate_matrix", "rotates an N x N matrix by 90 degrees clockwise in place."),
-    ("edit_distance", "returns the Levenshtein distance between two strings in O(n*m) time."),
-    ("roman_to_int", "converts a Roman numeral to an integer and rejects malformed numerals."),
-    ("eval_expression", "evaluates an arithmetic expression with + - * / and parentheses, "
-     "respecting precedence."),
-    ("group_anagrams", "groups words into anagram classes and returns the classes, largest "
-     "first."),
+# Instructions are composed from three independent parts so that, like a real model's, they
+# rarely share most of their words: the near-duplicate filter (Jaccard 0.5 over unigrams) must
+# let them through, and only true repeats are caught.
+_SUBJECTS = (
+    "a list of integers",
+    "a sentence of mixed-case words",
+    "a binary search tree",
+    "a directed acyclic graph",
+    "a matrix of floating-point numbers",
+    "a stream of log lines",
+    "a nested JSON document",
+    "a CSV file with quoted fields",
+    "a singly linked list",
+    "a dictionary of user records",
+    "an array of Unix timestamps",
+    "a set of closed intervals",
+    "a Markdown table",
+    "a priority queue of tasks",
+    "a grid maze of walls and corridors",
+    "a deck of playing cards",
+    "an HTTP access log",
+    "a polynomial given by coefficients",
+    "a trie of dictionary words",
+    "a ring buffer of sensor readings",
+)
+_ACTIONS = (
+    "finds the longest strictly increasing run in",
+    "removes duplicated entries from",
+    "computes a sliding-window median over",
+    "serialises and then parses back",
+    "validates every invariant of",
+    "counts distinct shortest routes through",
+    "merges two sorted copies of",
+    "rotates by k positions",
+    "compresses with run-length coding",
+    "partitions into balanced halves",
+    "detects cycles inside",
+    "renders as pretty text",
+    "samples uniformly at random from",
+    "builds a frequency histogram of",
+    "reverses in place",
+    "groups by a caller-supplied key",
+    "flattens recursively",
+    "diffs against a second instance of",
+    "paginates lazily through",
+    "memoises lookups over",
+)
+_CONSTRAINTS = (
+    "in linear time", "without recursion", "using constant extra memory",
+    "raising ValueError on malformed input", "with full type hints", "safely across threads",
+    "as a generator", "with an accompanying pytest suite", "handling empty input gracefully",
+    "while preserving original order", "within logarithmic depth", "using only the standard library",
+    "returning an immutable result", "supporting Unicode text", "with amortised constant updates",
+    "logging each step at debug level", "accepting an optional comparator",
+    "benchmarking against a naive version", "documenting worst-case complexity",
+    "streaming results incrementally",
 )  # fmt: skip
+# A random "scenario" of distinct domain words makes each instruction's vocabulary its own.
+_DOMAIN = ["inventory", "payroll", "telemetry", "genomics", "weather", "checkout", "ledger", "playlist", "warehouse", "satellite", "thermostat", "invoice", "courier", "library", "museum", "orchard", "airport", "clinic", "stadium", "brewery", "bakery", "volcano", "glacier", "harbour", "railway", "subway", "tram", "ferry", "kiosk", "arcade", "casino", "theatre", "vineyard", "observatory", "aquarium", "greenhouse", "pharmacy", "pottery", "sawmill", "quarry", "refinery", "turbine", "battery", "drone", "robot", "rover", "compass", "lantern", "beacon", "anchor", "saddle", "kayak", "canoe", "glider", "parachute", "marathon", "chess", "poker", "sudoku", "crossword", "origami", "quilt", "tapestry", "mosaic", "sculpture", "fresco", "symphony", "podcast", "newsletter", "forum", "wiki", "blog", "gallery", "census", "ballot", "auction", "mortgage", "pension", "tariff", "customs", "passport", "visa", "embassy", "parliament", "tribunal", "archive", "manuscript", "atlas", "almanac", "tournament", "league", "roster", "scoreboard", "referee", "stopwatch", "metronome", "recipe", "pantry", "spice"]
 
-Role = Literal["judge", "miner", "answerer"]
+Role = Literal["judge", "miner", "scorer", "answerer"]
+
+# Every LOW_QUALITY_EVERY-th mined instruction is vague; the scripted scorer rates it low.
+LOW_QUALITY_EVERY = 7
+_VAGUE = "Write some {language} code that does something useful with a list of numbers."
 
 
 def role_of(prompt: str) -> Role:
     """Which role a prompt asks for."""
     if ANSWER_A_START in prompt:
         return "judge"
+    if QUESTION_START_MARK in prompt:
+        return "scorer"
     if MINING_PHRASE in prompt:
         return "miner"
     return "answerer"
@@ -175,12 +220,37 @@ def validate_sampling_params(params: Any) -> dict[str, Any]:
             continue
         if key not in SAMPLING_KEYS:
             raise ValueError(f"sampling_parameters.{key}: unknown sampling parameter")
+        if key == "guided_decoding":
+            checked[key] = {"choice": guided_choices(value)}
+            continue
         _check_type(key, value)
         rule = _RANGES.get(key)
         if rule is not None and not rule[1](value):
             raise ValueError(f"sampling_parameters.{key}: {rule[0]}, got {value!r}")
         checked[key] = value
     return checked
+
+
+def guided_choices(value: Any) -> list[str]:
+    """The choices of vLLM's ``guided_decoding`` object (only ``choice`` is supported here)."""
+    if not isinstance(value, Mapping) or set(value) != {"choice"}:
+        raise ValueError('sampling_parameters.guided_decoding: expected {"choice": [...]}')
+    choices = value["choice"]
+    if (
+        not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+        raise ValueError(
+            "sampling_parameters.guided_decoding.choice: expected a non-empty list of strings"
+        )
+    return list(choices)
+
+
+def pick_choice(text: str, choices: list[str]) -> str:
+    """Guided choice for a scripted model: the choice its free text ends on, else the first."""
+    found = [(text.rfind(c), c) for c in choices if c in text]
+    return max(found)[1] if found else choices[0]
 
 
 def stop_strings(params: Mapping[str, Any]) -> list[str]:
@@ -252,7 +322,15 @@ class ScriptedModel:
             return self._judge(prompt)
         if role == "miner":
             return self._mine(prompt, params)
+        if role == "scorer":
+            return self._score(prompt)
         return self._answer(prompt)
+
+    def _score(self, prompt: str) -> str:
+        vague = "something useful" in prompt
+        score = 3 if vague else 8
+        reason = "The question is vague." if vague else "The question is clear and specific."
+        return f"{reason}\n[[{score}]]"
 
     def _judge(self, prompt: str) -> str:
         with self._lock:
@@ -277,13 +355,20 @@ class ScriptedModel:
         seed_part = (seed % _SEED_SPACE) * _SEED_SPACE if isinstance(seed, int) else 0
         index = counter + seed_part
         salt = zlib.crc32(self.name.encode()) % 1000
-        base, task = _TASKS[(index + salt) % len(_TASKS)]
+        mix = zlib.crc32(f"{self.name}:{index}".encode())
+        subject = _SUBJECTS[mix % len(_SUBJECTS)]
+        action = _ACTIONS[(mix // 97) % len(_ACTIONS)]
+        constraint = _CONSTRAINTS[(mix // 9973) % len(_CONSTRAINTS)]
         match = _MINING_LANG_RE.search(prompt)
         language = match.group(1) if match else "Python"
+        name = f"{action.split()[0]}_{index * 1000 + salt}"
+        scenario = " ".join(random.Random(mix).sample(_DOMAIN, 8))
         instruction = (
-            f"Write a {language} function `{base}_{index * 1000 + salt}` that {task} "
-            "Explain the approach and include a few test cases."
+            f"Write a {language} function `{name}` that {action} {subject} {constraint}; "
+            f"context: {scenario}."
         )
+        if counter % LOW_QUALITY_EVERY == LOW_QUALITY_EVERY - 1:
+            instruction = _VAGUE.format(language=language) + f" (variant {index})"
         stops = stop_strings(params)
         return f"{instruction}{stops[0]}{MINER_JUNK}" if stops else instruction
 

@@ -38,6 +38,7 @@ from services.devtools.scripted import (
     ScriptedModel,
     apply_sampling,
     load_models,
+    pick_choice,
     stream_chunks,
     validate_sampling_params,
 )
@@ -115,6 +116,8 @@ def respond(
     params = validate_sampling_params(params)
     n = params.get("n", 1)
     text = apply_sampling(model.generate(prompt, params), params)
+    if "guided_decoding" in params:
+        text = pick_choice(text, params["guided_decoding"]["choice"])
     if not stream:
         return [[prompt + text if prepend else text] * n]
     return [[chunk] * n for chunk in stream_chunks(text)]

@@ -19,7 +19,7 @@ import time
 from proto import subjects
 from proto.messages import Battle, Judgement, SamplingParams, Vote
 from services.arena.prompts import judge_messages
-from services.arena.verdicts import Label, Role, combine, parse_verdict
+from services.arena.verdicts import VERDICT_CHOICES, Label, Role, combine, parse_verdict, winner_of
 from services.runtime import metrics
 from services.runtime.errors import inference_errors
 from services.runtime.service import Deps, Handler, ServiceSpec
@@ -50,10 +50,11 @@ def make_handler(deps: Deps) -> Handler[Battle]:
         judge: str, question: str, first: str, second: str
     ) -> tuple[Label | None, int]:
         calls = 0
+        choices = VERDICT_CHOICES if deps.triton.guided(judge) else None
         for attempt in range(s.judge.max_reasks + 1):
             messages = judge_messages(question, first, second, reask=attempt > 0)
             prompt = templates[judge].render(messages, add_generation_prompt=True)
-            gen = await deps.triton.generate(judge, prompt, params, role="judge")
+            gen = await deps.triton.generate(judge, prompt, params, choices=choices, role="judge")
             calls += 1
             label = parse_verdict(gen.text)
             if label is not None:
@@ -71,6 +72,10 @@ def make_handler(deps: Deps) -> Handler[Battle]:
         labels = [label for label, _ in results]
         winner = combine(orders, labels)
         metrics.VOTES.labels(judge=judge, outcome=winner).inc()
+        parsed = [winner_of(o, lab) for o, lab in zip(orders, labels, strict=True) if lab]
+        if len(orders) == 2 and len(parsed) == 2:
+            result = "consistent" if parsed[0] == parsed[1] else "inconsistent"
+            metrics.JUDGE_POSITION.labels(judge=judge, result=result).inc()
         return Vote(
             judge=judge,
             orders=list(orders),

@@ -65,11 +65,21 @@ CHALLENGES_REJECTED = Counter(
 CHALLENGES_PUBLISHED = Counter(
     "warriorcoder_challenges_published_total", "Challenges published", ["attacker"]
 )
+QUALITY_SCORES = Histogram(
+    "warriorcoder_challenge_quality_score",
+    "Quality scores given to mined instructions (0: unparseable)",
+    buckets=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+)
 BACKLOG = Gauge("warriorcoder_backlog_messages", "Messages waiting in a work stream", ["stream"])
 
 BATTLES = Counter("warriorcoder_battles_total", "Battles answered by both competitors")
 VOTES = Counter(
     "warriorcoder_votes_total", "Judge votes, by judge and outcome", ["judge", "outcome"]
+)
+JUDGE_POSITION = Counter(
+    "warriorcoder_judge_position_total",
+    "Judges' two-order verdicts: consistent (same winner both ways) or inconsistent",
+    ["judge", "result"],
 )
 REASKS = Counter("warriorcoder_judge_reasks_total", "Judge calls repeated for a verdict", ["judge"])
 

@@ -99,6 +99,9 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     contract: Literal["vllm"] = "vllm"
     max_concurrency: PositiveInt = 8
     timeout_s: PositiveFloat = 600.0
+    # The backend takes vLLM's `guided_decoding: {choice: [...]}`: verdicts and quality scores are
+    # then asked as a constrained choice, which keeps even weak models' answers well-formed.
+    guided_choice: bool = False
 
 
 class RoleSampling(_Config, frozen=True, kw_only=True):
@@ -107,8 +110,23 @@ class RoleSampling(_Config, frozen=True, kw_only=True):
     max_tokens: PositiveInt
 
 
-def _challenge_sampling() -> RoleSampling:
-    return RoleSampling(temperature=1.2, top_p=0.99, max_tokens=2048)
+class ChallengeSampling(_Config, frozen=True, kw_only=True):
+    """Mining samples every temperature x top-p pair of the grid in turn (the paper uses nine)."""
+
+    temperatures: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [0.8, 1.0, 1.2]
+    )
+    top_ps: Annotated[list[Annotated[float, Meta(gt=0, le=1)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [0.9, 0.95, 0.99]
+    )
+    max_tokens: PositiveInt = 2048
+
+    def grid(self) -> list[tuple[float, float]]:
+        return [(t, p) for t in self.temperatures for p in self.top_ps]
+
+
+def _quality_sampling() -> RoleSampling:
+    return RoleSampling(temperature=1.0, top_p=0.95, max_tokens=1024)
 
 
 def _response_sampling() -> RoleSampling:
@@ -120,9 +138,36 @@ def _judge_sampling() -> RoleSampling:
 
 
 class SamplingSettings(_Config, frozen=True, kw_only=True):
-    challenge: RoleSampling = msgspec.field(default_factory=_challenge_sampling)
+    challenge: ChallengeSampling = msgspec.field(default_factory=ChallengeSampling)
+    quality: RoleSampling = msgspec.field(default_factory=_quality_sampling)
     response: RoleSampling = msgspec.field(default_factory=_response_sampling)
     judge: RoleSampling = msgspec.field(default_factory=_judge_sampling)
+
+
+class NearDupSettings(_Config, frozen=True, kw_only=True):
+    """MinHash LSH over word unigrams; the band index lives in NATS KV, shared by replicas."""
+
+    enabled: bool = True
+    num_perm: Annotated[int, Meta(ge=16, le=1024)] = 128
+    threshold: Annotated[float, Meta(gt=0, lt=1)] = 0.5
+
+
+class DecontaminationSettings(_Config, frozen=True, kw_only=True):
+    """Drop instructions sharing a word n-gram with a benchmark problem."""
+
+    enabled: bool = True
+    benchmarks: list[Literal["humaneval"]] = msgspec.field(default_factory=lambda: ["humaneval"])
+    files: list[str] = []  # more benchmark problems: JSONL (prompt/text/question) or text
+    ngram: Annotated[int, Meta(ge=3, le=50)] = 10
+
+
+class QualitySettings(_Config, frozen=True, kw_only=True):
+    """An LLM rates each instruction 1-10; only those at or above the threshold are kept."""
+
+    enabled: bool = True
+    scorers: list[Name] = []  # default: the judge pool; never the attacker
+    threshold: Annotated[int, Meta(ge=1, le=10)] = 5
+    max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
 
 
 class ChallengerSettings(_Config, frozen=True, kw_only=True):
@@ -135,6 +180,11 @@ class ChallengerSettings(_Config, frozen=True, kw_only=True):
     max_challenges: Annotated[int, Meta(ge=0)] = 0  # stop after this many published; 0: never
     # "attacker>defender": how many turns the pair gets per round (default 1; 0 skips it)
     pair_weights: dict[str, Annotated[int, Meta(ge=0, le=1000)]] = {}
+    near_dup: NearDupSettings = msgspec.field(default_factory=NearDupSettings)
+    decontamination: DecontaminationSettings = msgspec.field(
+        default_factory=DecontaminationSettings
+    )
+    quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
 
 
 class JudgeSettings(_Config, frozen=True, kw_only=True):
@@ -164,7 +214,6 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
     models: dict[Name, ModelSettings]
     competitors: Annotated[list[Name], Meta(min_length=2)]
     judges: list[Name] = []  # judge-only models, added to the competitors in the judge pool
-    quality_scorers: list[Name] = []
     languages: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["Python"]
     )
@@ -182,14 +231,26 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
         """Competitors first, then judge-only models, without repeats."""
         return list(dict.fromkeys([*self.competitors, *self.judges]))
 
+    @property
+    def scorer_pool(self) -> list[str]:
+        """Models that rate instruction quality: the configured scorers, else the judge pool."""
+        return list(self.challenger.quality.scorers) or self.judge_pool
+
+    def scorers_for(self, attacker: str) -> list[str]:
+        return [m for m in self.scorer_pool if m != attacker]
+
     def judges_for(self, attacker: str, defender: str) -> list[str]:
         """The uninvolved judges of a battle: never a model that fights in it."""
         return [m for m in self.judge_pool if m not in (attacker, defender)]
 
     def validate(self) -> None:
         """Cross-field checks msgspec cannot express; raises ConfigError naming the key."""
-        for key in ("competitors", "judges", "quality_scorers"):
-            names: list[str] = getattr(self, key)
+        lists = {
+            "competitors": self.competitors,
+            "judges": self.judges,
+            "challenger.quality.scorers": self.challenger.quality.scorers,
+        }
+        for key, names in lists.items():
             for i, name in enumerate(names):
                 if name not in self.models:
                     raise ConfigError(
@@ -202,10 +263,24 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                 "`$.competitors`: every battle needs an uninvolved judge: give at least three "
                 "competitors, or add judge-only models under `$.judges`"
             )
+        if self.challenger.quality.enabled and any(
+            not self.scorers_for(a) for a in self.competitors
+        ):
+            raise ConfigError(
+                "`$.challenger.quality.scorers`: every attacker needs a quality scorer other than "
+                "itself"
+            )
         if self.challenger.low_water >= self.challenger.high_water:
             raise ConfigError("`$.challenger.low_water` must be below `$.challenger.high_water`")
         if self.challenger.min_chars >= self.challenger.max_chars:
             raise ConfigError("`$.challenger.min_chars` must be below `$.challenger.max_chars`")
+        if self.challenger.pair_weights and all(
+            self.challenger.pair_weights.get(f"{x}>{y}", 1) == 0
+            for x in self.competitors
+            for y in self.competitors
+            if x != y
+        ):
+            raise ConfigError("`$.challenger.pair_weights`: every pair has weight 0")
         for key in self.challenger.pair_weights:
             a, sep, b = key.partition(">")
             if not sep or a not in self.competitors or b not in self.competitors or a == b:

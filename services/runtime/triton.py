@@ -119,7 +119,12 @@ def _bool_input(name: str, value: bool) -> InferInput:
 
 
 def vllm_request(
-    model: str, prompt: str, params: SamplingParams, stop: list[str], request_id: str
+    model: str,
+    prompt: str,
+    params: SamplingParams,
+    stop: list[str],
+    request_id: str,
+    choices: list[str] | None = None,
 ) -> dict[str, Any]:
     """The stream_infer request dict of the vLLM backend contract."""
     sp: dict[str, Any] = {
@@ -131,6 +136,9 @@ def vllm_request(
         sp["stop"] = stop
     if params.seed is not None:
         sp["seed"] = params.seed
+    if choices:
+        # vLLM's guided decoding: the output is exactly one of the choices.
+        sp["guided_decoding"] = {"choice": choices}
     return {
         "model_name": model,
         "inputs": [
@@ -202,6 +210,11 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
     def names(self) -> list[str]:
         return list(self._backends)
 
+    def guided(self, model: str) -> bool:
+        """Whether ``model``'s backend takes constrained choices (``guided_choice``)."""
+        b = self._backends.get(model)
+        return b is not None and b.cfg.guided_choice
+
     async def ready(self) -> dict[str, bool]:
         """Each model's readiness as Triton reports it (False when unreachable)."""
 
@@ -221,9 +234,14 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         params: SamplingParams,
         *,
         stop: list[str] | None = None,
+        choices: list[str] | None = None,
         role: str,
     ) -> Generation:
-        """Generate a completion of ``prompt``; raises ``InferenceError`` or its retryable kind."""
+        """Generate a completion of ``prompt``; raises ``InferenceError`` or its retryable kind.
+
+        With ``choices`` (only for models configured with ``guided_choice``) the backend returns
+        exactly one of them.
+        """
         backend = self._backends.get(model)
         if backend is None:
             raise InferenceError(model, "model is not configured in this service")
@@ -232,7 +250,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             outcome = "ok"
             try:
                 text = await asyncio.wait_for(
-                    self._stream_once(backend, prompt, params, stop or []),
+                    self._stream_once(backend, prompt, params, stop or [], choices),
                     timeout=backend.cfg.timeout_s,
                 )
             except TimeoutError:
@@ -251,9 +269,14 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             return Generation(text=text, latency_s=elapsed)
 
     async def _stream_once(
-        self, b: _Backend, prompt: str, params: SamplingParams, stop: list[str]
+        self,
+        b: _Backend,
+        prompt: str,
+        params: SamplingParams,
+        stop: list[str],
+        choices: list[str] | None,
     ) -> str:
-        request = vllm_request(b.cfg.triton_model, prompt, params, stop, uuid.uuid4().hex)
+        request = vllm_request(b.cfg.triton_model, prompt, params, stop, uuid.uuid4().hex, choices)
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request

@@ -25,6 +25,7 @@ from services.arena.prompts import (
     response_system_prompt,
 )
 from services.devtools.scripted import (
+    LOW_QUALITY_EVERY,
     MINING_PHRASE,
     VLLM_DEFAULT_MAX_TOKENS,
     ScriptedModel,
@@ -161,13 +162,48 @@ def test_judge_garbles_first_verdicts_then_answers() -> None:
 # --- miner -------------------------------------------------------------------------------------
 
 
+def test_mined_instructions_are_mostly_not_near_duplicates() -> None:
+    from services.arena.near_dup import LshBands
+
+    miner = ScriptedModel(name="gamma", strength=2)
+    bands = LshBands(num_perm=128, threshold=0.5)
+    params = {"max_tokens": 2048, "seed": 11}
+    taken: set[str] = set()
+    rejected = 0
+    for _ in range(70):
+        keys = set(bands.keys(miner.generate(mining_prompt(), params)))
+        if keys & taken:
+            rejected += 1
+        taken |= keys
+    # 10 of 70 are the vague variant (near-duplicates of each other by design); of the other 60
+    # only a few may collide, or the near-dup filter would starve a scripted arena.
+    assert rejected <= 9 + 12
+
+
 def test_miner_gives_50_distinct_instructions() -> None:
     miner = ScriptedModel(name="alpha", strength=9)
     params = {"stop": [STOP], "max_tokens": 2048, "seed": 7}
     outs = [apply_sampling(miner.generate(mining_prompt(), params), params) for _ in range(50)]
     assert len(set(outs)) == 50
-    assert all(o.startswith("Write a Python function `") for o in outs)
+    vague = [o for o in outs if "something useful" in o]
+    assert len(vague) == 50 // LOW_QUALITY_EVERY  # every 7th is vague, for the quality gate
+    assert all(o.startswith("Write a Python function `") for o in outs if o not in vague)
     assert all(STOP not in o and "<|im_start|>" not in o for o in outs)
+
+
+def test_scorer_rates_vague_questions_low_and_guided_choice_picks_its_label() -> None:
+    from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+    from services.devtools.scripted import pick_choice
+
+    scorer = ScriptedModel(name="beta", strength=5)
+    clear = "\n".join(m["content"] for m in quality_messages("Write a trie in Python.", "Python"))
+    vague = "\n".join(
+        m["content"] for m in quality_messages("Write code that does something useful.", "Python")
+    )
+    assert parse_score(scorer.generate(clear, {})) == 8
+    assert parse_score(scorer.generate(vague, {})) == 3
+    assert pick_choice(scorer.generate(vague, {}), SCORE_CHOICES) == "[[3]]"
+    assert pick_choice("no label", ["[[A]]", "[[B]]"]) == "[[A]]"
 
 
 def test_miner_is_deterministic_and_model_specific() -> None:
@@ -186,7 +222,7 @@ def test_miner_language_and_stop_junk() -> None:
     raw = miner.generate(mining_prompt("Rust"), {"stop": [STOP, "</s>"]})
     assert raw.startswith("Write a Rust function `")
     instruction, junk = raw.split(STOP, 1)
-    assert instruction.endswith("test cases.")
+    assert "; context: " in instruction and instruction.endswith(".")
     assert junk.startswith("\n<|im_start|>assistant\n")
     assert apply_sampling(raw, {"stop": [STOP], "max_tokens": 1000}) == instruction
     # A single stop string is a stop list of one; no stop means no junk.

@@ -29,7 +29,11 @@ def tree(**changes):
 def test_defaults_follow_the_paper():
     s = parse_settings(tree())
     assert (s.scoring.k, s.scoring.scale, s.scoring.base, s.scoring.alpha) == (40, 400, 10, 0.7)
-    assert (s.sampling.challenge.temperature, s.sampling.challenge.top_p) == (1.2, 0.99)
+    assert (1.2, 0.99) in s.sampling.challenge.grid()
+    assert len(s.sampling.challenge.grid()) == 9
+    assert (s.sampling.quality.temperature, s.sampling.quality.top_p) == (1.0, 0.95)
+    assert s.challenger.quality.threshold == 5
+    assert (s.challenger.near_dup.num_perm, s.challenger.near_dup.threshold) == (128, 0.5)
     assert (s.sampling.response.temperature, s.sampling.response.top_p) == (1.0, 0.95)
     assert s.sampling.response.max_tokens == 8192
     assert s.sampling.judge.top_p == 0.995

@@ -1,0 +1,154 @@
+"""The challenger's filters that keep state in NATS or call a model.
+
+Usage::
+
+    dedup = DedupIndex(kv, LshBands(num_perm=128, threshold=0.5))
+    claim = await dedup.claim(instruction, challenge_id)   # None: a duplicate, with reason
+    ...
+    await claim.release()     # the instruction was rejected later: free its near-dup keys
+
+    score = await QualityGate(deps).rate(instruction, language, attacker)
+
+The exact and near-duplicate indexes are KV keys created with ``create`` (which fails when the key
+exists), so of two replicas admitting near-duplicates at the same moment exactly one wins: both
+claim the band they share, and only one create can succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import orjson
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from proto import subjects
+from proto.messages import SamplingParams
+from services.arena.instructions import normalise
+from services.arena.near_dup import LshBands
+from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+from services.runtime.service import Deps
+from services.runtime.templates import ChatTemplate
+
+__all__ = ["Claim", "DedupIndex", "QualityGate", "RejectionStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Claim:
+    """Keys an admitted instruction holds in the de-dup index."""
+
+    kv: KeyValue
+    near_keys: list[str] = field(default_factory=list)
+
+    async def release(self) -> None:
+        for key in self.near_keys:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(key)
+        self.near_keys = []
+
+
+class DedupIndex:
+    def __init__(self, kv: KeyValue, bands: LshBands | None) -> None:
+        self.kv = kv
+        self.bands = bands
+
+    async def claim(self, instruction: str, challenge_id: str) -> tuple[Claim | None, str]:
+        """Claim the instruction's keys; (None, reason) when it duplicates an admitted one."""
+        value = challenge_id.encode()
+        exact = "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
+        try:
+            await self.kv.create(exact, value)
+        except KeyWrongLastSequenceError:
+            return None, "duplicate"
+        claim = Claim(self.kv)
+        if self.bands is None:
+            return claim, ""
+        for band in self.bands.keys(instruction):
+            key = f"lsh.{band}"
+            try:
+                await self.kv.create(key, value)
+            except KeyWrongLastSequenceError:
+                await claim.release()
+                return None, "near_duplicate"
+            claim.near_keys.append(key)
+        return claim, ""
+
+
+class QualityGate:
+    """Rates an instruction 1-10 with a scorer that is not the attacker (round-robin)."""
+
+    def __init__(self, deps: Deps) -> None:
+        s = deps.settings
+        self.deps = deps
+        self.cfg = s.challenger.quality
+        self.templates = {
+            m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.scorer_pool
+        }
+        q = s.sampling.quality
+        self.params = SamplingParams(
+            temperature=q.temperature, top_p=q.top_p, max_tokens=q.max_tokens
+        )
+        self._turn = itertools.count()
+
+    def scorer_for(self, attacker: str) -> str:
+        pool = self.deps.settings.scorers_for(attacker)
+        return pool[next(self._turn) % len(pool)]
+
+    async def rate(self, instruction: str, language: str, attacker: str) -> tuple[int | None, str]:
+        """(score or None when unparseable after the re-asks, scorer)."""
+        scorer = self.scorer_for(attacker)
+        guided = self.deps.triton.guided(scorer)
+        for attempt in range(self.cfg.max_reasks + 1):
+            messages = quality_messages(instruction, language, reask=attempt > 0)
+            prompt = self.templates[scorer].render(messages, add_generation_prompt=True)
+            gen = await self.deps.triton.generate(
+                scorer,
+                prompt,
+                self.params,
+                choices=SCORE_CHOICES if guided else None,
+                role="quality",
+            )
+            score = parse_score(gen.text)
+            if score is not None:
+                return score, scorer
+        return None, scorer
+
+
+class RejectionStats:
+    """Rejection counts by reason in a KV key, summed over every challenger replica, for run
+    summaries and dataset cards (metrics carry the same counts per process)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def add(self, reason: str) -> None:
+        for _ in range(20):
+            try:
+                entry = await self.kv.get(subjects.STATS_REJECTIONS_KEY)
+                counts = orjson.loads(entry.value or b"{}")
+                counts[reason] = counts.get(reason, 0) + 1
+                await self.kv.update(
+                    subjects.STATS_REJECTIONS_KEY, orjson.dumps(counts), last=entry.revision
+                )
+                return
+            except KeyNotFoundError:
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self.kv.create(subjects.STATS_REJECTIONS_KEY, orjson.dumps({reason: 1}))
+                    return
+            except KeyWrongLastSequenceError:
+                continue
+        log.warning("could not record rejection statistics", extra={"reason": reason})
+
+    @staticmethod
+    async def read(kv: KeyValue) -> dict[str, int]:
+        try:
+            entry = await kv.get(subjects.STATS_REJECTIONS_KEY)
+        except KeyNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in orjson.loads(entry.value or b"{}").items()}

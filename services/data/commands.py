@@ -1,0 +1,137 @@
+"""The ``ratings`` and ``export`` subcommands of ``warriorcoder``.
+
+Usage::
+
+    warriorcoder ratings --votes battles.jsonl [--bootstrap 1000] [--seed 0] [--json]
+    warriorcoder export --format sft --out out/sft.jsonl --data-dir data [--card]
+    warriorcoder export --format votes --out out/votes.parquet --nats nats://127.0.0.1:4222
+
+Wired into the CLI with ``services.data.commands.register(subparsers)``. Each command returns an
+exit code: 0, or 2 with a one-line ``warriorcoder: ...`` message on stderr for a bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cmd_export", "cmd_ratings", "register"]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fail(message: str) -> int:
+    print(f"warriorcoder: {message}", file=sys.stderr)
+    return 2
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``ratings`` and ``export`` to the CLI's subparsers."""
+    from services.data.export import FORMATS
+
+    p = sub.add_parser(
+        "ratings",
+        help="leaderboard from Chatbot Arena votes: online Elo and Bradley–Terry with 95%% CIs",
+    )
+    p.add_argument(
+        "--votes",
+        required=True,
+        metavar="FILE",
+        help='JSONL, one {"model_a", "model_b", "winner"} per line',
+    )
+    p.add_argument(
+        "--bootstrap", type=_count, default=1000, metavar="N", help="resamples (0: no CIs)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {model: {elo, bt, bt_lower, bt_upper, votes}} instead of a table",
+    )
+    p.set_defaults(func=cmd_ratings)
+
+    p = sub.add_parser("export", help="export samples as sft, dpo, battles or votes data")
+    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file: .jsonl or .parquet")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", metavar="DIR", help="the aggregator's JSONL shards")
+    source.add_argument("--nats", metavar="URL", help="read the samples stream of this NATS")
+    p.add_argument("--card", action="store_true", help="write a dataset card README.md beside it")
+    p.add_argument(
+        "--filter-stats",
+        metavar="FILE",
+        help="JSON {reason: rejected count} to include in the card",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_ratings(args: argparse.Namespace) -> int:
+    from services.data.bradley_terry import format_table, leaderboard, rows_to_json
+    from services.data.votes import VoteFormatError, read_votes
+
+    try:
+        votes = read_votes(Path(args.votes))
+    except VoteFormatError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {args.votes}: {exc.strerror or exc}")
+    rows = leaderboard(votes, bootstrap_n=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(json.dumps(rows_to_json(rows), indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _read_stats(path: str) -> dict[str, int]:
+    from services.data.export import ExportError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ExportError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in data.items()
+    ):
+        raise ExportError(f"{path}: expected a JSON object of reason -> integer count")
+    return data
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from services.data.card import write_card
+    from services.data.export import ExportError, export, samples_from_dir, samples_from_nats
+
+    out = Path(args.out)
+    try:
+        stats = _read_stats(args.filter_stats) if args.filter_stats else None
+        if args.nats:
+            samples = asyncio.run(samples_from_nats(args.nats))
+            source = args.nats
+        else:
+            samples = samples_from_dir(Path(args.data_dir))
+            source = args.data_dir
+        count = export(samples, args.fmt, out)
+        print(f"wrote {count} {args.fmt} records from {len(samples)} samples ({source}) to {out}")
+        if args.card:
+            readme = write_card(out, samples, stats, fmt=args.fmt)
+            print(f"wrote dataset card {readme}")
+    except ExportError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc}")
+    return 0
