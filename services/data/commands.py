@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.set_defaults(func=cmd_ratings)
 
+    p = sub.add_parser(
+        "leaderboard", help="the live leaderboard of a running arena (Elo, BT with 95%% CIs)"
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="FILE", help="the arena config (NATS URL, credentials)")
+    where.add_argument("--nats", metavar="URL", help="NATS URL of the arena")
+    p.add_argument(
+        "--bootstrap", type=_count, default=1000, metavar="N", help="resamples (0: no CIs)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_leaderboard)
+
     p = sub.add_parser("export", help="export samples as sft, dpo, battles or votes data")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, metavar="FILE", help="output file: .jsonl or .parquet")
@@ -72,7 +86,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--filter-stats",
         metavar="FILE",
-        help="JSON {reason: rejected count} to include in the card",
+        help="JSON {reason: rejected count} to include in the card (default with --nats: the "
+        "arena's own rejection counts)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -122,6 +137,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.nats:
             samples = asyncio.run(samples_from_nats(args.nats))
             source = args.nats
+            if stats is None and args.card:
+                stats = asyncio.run(_live(args.nats)).rejections
         else:
             samples = samples_from_dir(Path(args.data_dir))
             source = args.data_dir
@@ -134,4 +151,48 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc}")
+    return 0
+
+
+async def _live(url: str) -> Any:
+    from services.data.live import read_live
+    from services.runtime.settings import NatsSettings
+
+    return await read_live(NatsSettings(url=url))
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from services.data.bradley_terry import format_table, rows_to_json
+    from services.data.export import ExportError
+    from services.data.live import live_leaderboard, read_live
+    from services.runtime.settings import ConfigError, NatsSettings, load_settings
+
+    try:
+        cfg = (
+            load_settings(args.config, os.environ).nats
+            if args.config
+            else NatsSettings(url=args.nats)
+        )
+        state = asyncio.run(read_live(cfg))
+    except (ConfigError, ExportError) as exc:
+        return _fail(str(exc))
+    rows = live_leaderboard(state, bootstrap_n=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "battles": state.ratings.battles,
+                    "samples": len(state.samples),
+                    "rejections": state.rejections,
+                    "models": rows_to_json(rows),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"battles rated: {state.ratings.battles}   samples: {len(state.samples)}")
+    if state.rejections:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(state.rejections.items()))
+        print(f"rejected challenges: {counts}")
+    print(format_table(rows) if rows else "no votes yet")
     return 0

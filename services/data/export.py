@@ -263,7 +263,7 @@ async def samples_from_nats(
     cfg = settings or NatsSettings()
     if url is not None:
         cfg = msgspec.structs.replace(cfg, url=url)
-    nc = await _connect(cfg)
+    nc = await connect_briefly(cfg)
     try:
         js = nc.jetstream()
         try:
@@ -312,40 +312,11 @@ async def samples_from_nats(
         await nc.close()
 
 
-async def _connect(cfg: NatsSettings) -> Any:
-    """Connect once (a few quick retries), unlike the services, which wait for NATS forever."""
-    import ssl
-
-    import nats
-
-    opts: dict[str, Any] = {
-        "servers": [u.strip() for u in cfg.url.split(",")],
-        "name": "warriorcoder-export",
-        "connect_timeout": cfg.connect_timeout_s,
-        "allow_reconnect": False,
-        "max_reconnect_attempts": 1,
-        "reconnect_time_wait": 0.2,
-    }
-    if cfg.user is not None:
-        opts["user"] = cfg.user
-    if cfg.password is not None:
-        opts["password"] = cfg.password.reveal()
-    if cfg.token is not None:
-        opts["token"] = cfg.token.reveal()
-    if cfg.creds_file is not None:
-        opts["user_credentials"] = cfg.creds_file
-    if cfg.tls_ca_file or cfg.tls_cert_file:
-        ctx = ssl.create_default_context(cafile=cfg.tls_ca_file)
-        if cfg.tls_cert_file:
-            ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
-        opts["tls"] = ctx
-    errors: list[Exception] = []
-
-    async def _on_error(exc: Exception) -> None:
-        errors.append(exc)
+async def connect_briefly(cfg: NatsSettings) -> Any:
+    """Connect once, unlike the services, which wait for NATS forever."""
+    from services.runtime.bus import connect
 
     try:
-        return await nats.connect(error_cb=_on_error, **opts)
-    except (nats.errors.Error, OSError) as exc:
-        why = errors[-1] if errors else exc
-        raise ExportError(f"cannot connect to NATS at {cfg.url}: {why}") from None
+        return await connect(cfg, name="warriorcoder-export", persistent=False)
+    except Exception as exc:
+        raise ExportError(f"cannot connect to NATS at {cfg.url}: {exc}") from None

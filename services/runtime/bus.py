@@ -61,14 +61,21 @@ class PoisonError(Exception):
         self.reason = reason
 
 
-async def connect(cfg: NatsSettings, *, name: str = "warriorcoder") -> NATS:
-    """Connect with the configured credentials; reconnects forever once connected."""
+async def connect(
+    cfg: NatsSettings, *, name: str = "warriorcoder", persistent: bool = True
+) -> NATS:
+    """Connect with the configured credentials.
+
+    A service (``persistent``) waits for NATS and reconnects forever; a command-line tool tries
+    briefly and raises, so it never hangs on a wrong URL.
+    """
     opts: dict[str, Any] = {
         "servers": [u.strip() for u in cfg.url.split(",")],
         "name": name,
         "connect_timeout": cfg.connect_timeout_s,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 1,
+        "max_reconnect_attempts": -1 if persistent else 1,
+        "allow_reconnect": persistent,
+        "reconnect_time_wait": 1 if persistent else 0.2,
     }
     if cfg.user is not None:
         opts["user"] = cfg.user
@@ -85,7 +92,8 @@ async def connect(cfg: NatsSettings, *, name: str = "warriorcoder") -> NATS:
         opts["tls"] = ctx
 
     async def _on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        if persistent:
+            log.warning("nats error: %s", exc)
 
     client: list[NATS] = []
 
