@@ -44,5 +44,6 @@ KV_SCHEDULE: Final = "warriorcoder_v1_schedule"
 
 RATINGS_KEY: Final = "elo"
 SCHEDULE_KEY: Final = "cursor"
+BUDGET_KEY: Final = "budget"  # challenges still to publish, arena-wide; absent: no limit
 KV_STATS: Final = "warriorcoder_v1_stats"
 STATS_REJECTIONS_KEY: Final = "rejections"

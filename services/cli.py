@@ -3,7 +3,7 @@
 Usage::
 
     warriorcoder serve judge --config arena.yaml      # one service (a process per service)
-    warriorcoder up --battles 6                       # an arena on this machine (scripted models)
+    warriorcoder up --demo --battles 6                # an arena on this machine
     warriorcoder schema [--check]                     # regenerate / check proto/schema
     warriorcoder check-config --config arena.yaml     # validate a config and exit
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.runtime.settings import ConfigError, load_settings
@@ -48,8 +46,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"warriorcoder: {exc}", file=sys.stderr)
         return 2
+    spec = _spec(args.service)
+    for name in spec.models(settings):
+        if settings.models[name].triton_url == "local":
+            print(
+                f"warriorcoder: `$.models.{name}.triton_url`: 'local' is served by "
+                "`warriorcoder up`; a service needs the Triton's host:port",
+                file=sys.stderr,
+            )
+            return 2
     setup_logging(settings.service.log_level, settings.service.log_format, service=args.service)
-    return serve(_spec(args.service), settings, http_port=args.http_port)
+    return serve(spec, settings, http_port=args.http_port)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -91,44 +98,6 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    from services.devtools.local_arena import LocalArena, count_samples
-
-    data_dir = Path(args.data_dir)
-    already = count_samples(data_dir / "samples")
-    if already >= args.battles:
-        print(f"{data_dir / 'samples'} already holds {already} samples (>= {args.battles})")
-        return 0
-    print("warriorcoder up: scripted test models (no real LLM) on a local Triton Inference Server")
-    print(f"data directory: {data_dir.resolve()}  (logs in {data_dir / 'logs'})")
-    start = time.monotonic()
-    # Mine only what is missing, so the run ends at N samples instead of overshooting.
-    overrides = {"challenger": {"max_challenges": args.battles - already}}
-    try:
-        with LocalArena(data_dir, config_overrides=overrides) as arena:
-            print(
-                f"arena running: nats-server, tritonserver and 4 services; "
-                f"{already} samples already in the data directory"
-            )
-
-            def progress(n: int) -> None:
-                rate = (n - already) / max(time.monotonic() - start, 1e-9)
-                print(f"  samples {n}/{args.battles}  ({rate:.2f}/s)", flush=True)
-
-            n = arena.wait_for_samples(args.battles, timeout=args.timeout, progress=progress)
-            print(
-                f"done: {n} samples in {arena.samples_dir} after "
-                f"{time.monotonic() - start:.1f}s; stopping"
-            )
-    except KeyboardInterrupt:
-        print("interrupted: stopped all processes", file=sys.stderr)
-        return 130
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"warriorcoder up failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warriorcoder", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,11 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_data_commands(sub)  # ratings, export
 
-    p = sub.add_parser("up", help="run an arena on this machine (scripted models) until N samples")
-    p.add_argument("--data-dir", default="arena-data")
-    p.add_argument("--battles", type=int, default=6, help="stop once this many samples exist")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
-    p.set_defaults(func=_cmd_up)
+    from services.up.command import register as register_up
+
+    register_up(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
 from services.runtime.service import Deps
 from services.runtime.templates import ChatTemplate
 
-__all__ = ["Claim", "DedupIndex", "QualityGate", "RejectionStats"]
+__all__ = ["Budget", "Claim", "DedupIndex", "QualityGate", "RejectionStats"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +152,65 @@ class RejectionStats:
         except KeyNotFoundError:
             return {}
         return {str(k): int(v) for k, v in orjson.loads(entry.value or b"{}").items()}
+
+
+class Budget:
+    """An optional arena-wide limit on the challenges still to publish, shared by every replica:
+    the ``budget`` key of the schedule bucket. No key means no limit; ``warriorcoder up`` and
+    ``warriorcoder budget`` set it."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def remaining(self) -> int | None:
+        try:
+            entry = await self.kv.get(subjects.BUDGET_KEY)
+        except KeyNotFoundError:
+            return None
+        raw = (entry.value or b"").decode()
+        return None if raw in ("", "unlimited") else int(raw)
+
+    async def take(self) -> bool:
+        """Take one challenge from the budget; False when it is spent."""
+        while True:
+            try:
+                entry = await self.kv.get(subjects.BUDGET_KEY)
+            except KeyNotFoundError:
+                return True
+            raw = (entry.value or b"").decode()
+            if raw in ("", "unlimited"):
+                return True
+            left = int(raw)
+            if left <= 0:
+                return False
+            try:
+                await self.kv.update(
+                    subjects.BUDGET_KEY, str(left - 1).encode(), last=entry.revision
+                )
+                return True
+            except KeyWrongLastSequenceError:
+                continue
+
+    async def give_back(self) -> None:
+        await self.add(1)
+
+    async def add(self, n: int) -> None:
+        while True:
+            try:
+                entry = await self.kv.get(subjects.BUDGET_KEY)
+            except KeyNotFoundError:
+                return
+            raw = (entry.value or b"").decode()
+            if raw in ("", "unlimited"):
+                return
+            try:
+                await self.kv.update(
+                    subjects.BUDGET_KEY, str(int(raw) + n).encode(), last=entry.revision
+                )
+                return
+            except KeyWrongLastSequenceError:
+                continue
+
+    async def set(self, n: int | None) -> None:
+        """Set the budget (None: unlimited)."""
+        await self.kv.put(subjects.BUDGET_KEY, b"unlimited" if n is None else str(n).encode())

@@ -32,7 +32,7 @@ from services.arena.instructions import clean, normalise
 from services.arena.near_dup import LshBands
 from services.arena.prompts import challenge_system_prompt
 from services.arena.schedule import round_robin
-from services.challenger.filters import DedupIndex, QualityGate, RejectionStats
+from services.challenger.filters import Budget, DedupIndex, QualityGate, RejectionStats
 from services.runtime import metrics
 from services.runtime.service import Deps, ServiceSpec
 from services.runtime.settings import ArenaSettings
@@ -143,12 +143,8 @@ class _Miner:
             )
             for m in s.competitors
         }
-        self.published = 0
+        self.budget = Budget(self.schedule)
         self.rng = random.Random()
-
-    def done(self) -> bool:
-        limit = self.s.challenger.max_challenges
-        return limit > 0 and self.published >= limit
 
     async def reject(self, reason: str, attacker: str) -> None:
         metrics.CHALLENGES_REJECTED.labels(reason=reason).inc()
@@ -208,7 +204,7 @@ class _Miner:
                 )
                 return False
             metrics.QUALITY_SCORES.observe(score)
-        if self.done():  # another worker reached the limit while this one was mining
+        if not await self.budget.take():  # spent while this one was mining
             await claim.release()
             return False
         challenge = Challenge(
@@ -222,11 +218,10 @@ class _Miner:
             quality=score,
             quality_scorer=scorer,
         )
-        self.published += 1  # reserved before the await so concurrent workers respect the limit
         try:
             await self.deps.bus.publish(subjects.CHALLENGES, challenge, msg_id=cid)
         except Exception:
-            self.published -= 1
+            await self.budget.give_back()
             raise
         metrics.CHALLENGES_PUBLISHED.labels(attacker=attacker).inc()
         log.info(
@@ -255,12 +250,19 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
 
     async def worker() -> None:
         failures = 0
-        while not stop.is_set() and not miner.done():
+        while not stop.is_set():
             await _wait_either(gate.open, stop)
             if stop.is_set():
                 return
             if not gate.open.is_set():
                 continue  # another worker took the last slot
+            try:
+                spent = await miner.budget.remaining() == 0
+            except (NatsError, TimeoutError):
+                spent = False
+            if spent:  # idle, and healthy, until the budget is raised
+                await _sleep_or_stop(stop, s.challenger.poll_interval_s)
+                continue
             gate.enter()
             published = False
             try:
@@ -277,13 +279,9 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
                 gate.leave(published)
 
     async with asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(watch_backlog())
-        workers = [tg.create_task(worker()) for _ in range(s.challenger.concurrency)]
-        await asyncio.gather(*workers)
-        if miner.done():
-            log.info("challenge limit reached", extra={"published": miner.published})
-            await stop.wait()  # stay up (healthy) until told to stop
-        watcher.cancel()
+        tg.create_task(watch_backlog())
+        for _ in range(s.challenger.concurrency):
+            tg.create_task(worker())
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

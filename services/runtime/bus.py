@@ -179,10 +179,8 @@ class Bus:
             max_deliver=-1,
             max_ack_pending=10_000,
         )
-        try:
-            await self.js.add_consumer(stream, cc)
-        except BadRequestError:
-            await self.js.update_consumer(stream, cc)  # type: ignore[attr-defined]
+        # Creating an existing durable with changed editable fields (ack_wait, ...) updates it.
+        await self.js.add_consumer(stream, cc)
 
     async def kv(self, bucket: str, *, history: int = 1) -> KeyValue:
         """Open a KV bucket, creating it if missing (idempotent across replicas)."""

@@ -26,6 +26,7 @@ __all__ = [
     "ChatTemplateSettings",
     "ConfigError",
     "JudgeSettings",
+    "LocalModelSettings",
     "ModelSettings",
     "NatsSettings",
     "RoleSampling",
@@ -92,8 +93,19 @@ class ChatTemplateSettings(_Config, frozen=True, kw_only=True):
     eos_token: str | None = None
 
 
+class LocalModelSettings(_Config, frozen=True, kw_only=True):
+    """A Hugging Face causal LM that ``warriorcoder up`` serves on its local Triton."""
+
+    path: str  # a local directory or a hub id
+    device: str = "auto"  # cpu, cuda, cuda:N or auto
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: PositiveInt = 8
+
+
 class ModelSettings(_Config, frozen=True, kw_only=True):
-    triton_url: str  # host:port of Triton's gRPC endpoint
+    # host:port of Triton's gRPC endpoint, or "local": the Triton `warriorcoder up` starts,
+    # serving `local.path` through transformers
+    triton_url: str
     triton_model: str
     chat_template: ChatTemplateSettings
     contract: Literal["vllm"] = "vllm"
@@ -102,6 +114,7 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # The backend takes vLLM's `guided_decoding: {choice: [...]}`: verdicts and quality scores are
     # then asked as a constrained choice, which keeps even weak models' answers well-formed.
     guided_choice: bool = False
+    local: LocalModelSettings | None = None
 
 
 class RoleSampling(_Config, frozen=True, kw_only=True):
@@ -177,7 +190,6 @@ class ChallengerSettings(_Config, frozen=True, kw_only=True):
     min_chars: PositiveInt = 20
     max_chars: PositiveInt = 4000
     poll_interval_s: PositiveFloat = 1.0
-    max_challenges: Annotated[int, Meta(ge=0)] = 0  # stop after this many published; 0: never
     # "attacker>defender": how many turns the pair gets per round (default 1; 0 skips it)
     pair_weights: dict[str, Annotated[int, Meta(ge=0, le=1000)]] = {}
     near_dup: NearDupSettings = msgspec.field(default_factory=NearDupSettings)
@@ -289,6 +301,10 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                     "naming two different competitors"
                 )
         for name, model in self.models.items():
+            if (model.triton_url == "local") != (model.local is not None):
+                raise ConfigError(
+                    f"`$.models.{name}`: `triton_url: local` and a `local` section go together"
+                )
             tpl = model.chat_template
             if (tpl.preset is None) == (tpl.file is None):
                 raise ConfigError(

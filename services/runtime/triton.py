@@ -38,6 +38,7 @@ from services.runtime.settings import ModelSettings
 __all__ = [
     "Generation",
     "InferenceError",
+    "InferenceTimeout",
     "RetryableInferenceError",
     "TritonPool",
 ]
@@ -59,6 +60,10 @@ class RetryableInferenceError(InferenceError):
     retryable = True
 
 
+class InferenceTimeout(RetryableInferenceError):
+    """No final response in time (our deadline or gRPC's)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     text: str
@@ -78,6 +83,7 @@ _RETRYABLE_CODES = {
 # (engine restarting, out of KV-cache, ...), which bounded redelivery then turns into a dead letter.
 _PERMANENT_IN_BAND = (
     "unknown model",
+    "unknown sampling parameter",
     "unexpected inference input",
     "expected",
     "invalid",
@@ -98,6 +104,8 @@ def classify_rpc(model: str, exc: grpc.RpcError) -> InferenceError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     text = f"gRPC {code.name if code else 'error'}: {detail}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return InferenceTimeout(model, f"no final response within the deadline ({text})")
     if code in _RETRYABLE_CODES:
         return RetryableInferenceError(model, text)
     if code == grpc.StatusCode.NOT_FOUND or code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -255,11 +263,14 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 )
             except TimeoutError:
                 outcome = "timeout"
-                raise RetryableInferenceError(
+                raise InferenceTimeout(
                     model, f"no final response within {backend.cfg.timeout_s:g}s"
                 ) from None
             except InferenceError as exc:
-                outcome = "retryable_error" if exc.retryable else "error"
+                if isinstance(exc, InferenceTimeout):
+                    outcome = "timeout"
+                else:
+                    outcome = "retryable_error" if exc.retryable else "error"
                 raise
             finally:
                 elapsed = time.monotonic() - start

@@ -67,13 +67,13 @@ async def stream_state(url: str) -> tuple[dict[str, int], Ratings]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     start = time.monotonic()
-    overrides = {"challenger": {"max_challenges": N}}
-    with LocalArena(tmp_path_factory.mktemp("e2e") / "arena", config_overrides=overrides) as arena:
+    with LocalArena(tmp_path_factory.mktemp("e2e") / "arena", battles=N) as arena:
         assert set(arena.procs) == {
             "nats-server", "tritonserver", "aggregator", "judge", "responder", "challenger",
         }  # fmt: skip
         assert len({p.proc.pid for p in arena.procs.values()}) == 6
         arena.wait_for_samples(N, timeout=300)
+        assert arena.events == [f"{arena.events[0][:9]}challenge budget set to {N}"]  # no restart
         seconds = time.monotonic() - start
         url = f"nats://127.0.0.1:{arena.procs['nats-server'].ports['client']}"
         # Let anything still in flight land: every work queue must drain to empty.

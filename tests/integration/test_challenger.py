@@ -9,7 +9,7 @@ import pytest
 from proto import subjects
 from proto.messages import Challenge, decode
 from services.arena.near_dup import LshBands
-from services.challenger.filters import DedupIndex
+from services.challenger.filters import Budget, DedupIndex
 from services.challenger.service import next_cursor
 from services.challenger.service import run as run_challenger
 from services.runtime.bus import Bus, connect
@@ -72,23 +72,34 @@ async def test_backlog_stays_between_water_marks_and_challenges_are_clean(nats_u
     assert len(set(pairs)) == len(pairs)
 
 
-async def test_max_challenges_stops_mining(nats_url, triton_url):
-    s = arena_settings(triton_url, nats_url, challenger={"max_challenges": 3, "concurrency": 3})
-    nc = await connect(s.nats)
-    bus = Bus(nc, s.nats, stage="challenger")
-    await bus.ensure_topology()
+async def test_the_shared_budget_limits_mining_across_replicas(nats_url, triton_url):
+    s = arena_settings(triton_url, nats_url, challenger={"concurrency": 3})
+    ncs = [await connect(s.nats) for _ in range(2)]
+    buses = [Bus(nc, s.nats, stage="challenger") for nc in ncs]
+    await buses[0].ensure_topology()
+    budget = Budget(await buses[0].kv(subjects.KV_SCHEDULE))
+    assert await budget.remaining() is None  # no key: no limit
+    await budget.set(5)
     stop = asyncio.Event()
     async with TritonPool(s.models, names=s.competitors) as pool:
-        task = asyncio.create_task(run_challenger(Deps(s, bus, pool), stop))
+        tasks = [asyncio.create_task(run_challenger(Deps(s, b, pool), stop)) for b in buses]
         for _ in range(100):
-            if await bus.backlog(subjects.STREAM_CHALLENGES) >= 3:
+            if await budget.remaining() == 0:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # both replicas idle, healthy, at budget 0
+        assert await buses[0].backlog(subjects.STREAM_CHALLENGES) == 5
+        await budget.add(2)  # raising the budget resumes mining
+        for _ in range(100):
+            if await buses[0].backlog(subjects.STREAM_CHALLENGES) == 7:
+                break
+            await asyncio.sleep(0.1)
         stop.set()
-        await asyncio.wait_for(task, 10)
-    assert await bus.backlog(subjects.STREAM_CHALLENGES) == 3
-    await nc.drain()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert await buses[0].backlog(subjects.STREAM_CHALLENGES) == 7
+    assert await budget.remaining() == 0
+    for nc in ncs:
+        await nc.drain()
 
 
 async def _dedup_indexes(nats_url, n, bands):

@@ -142,9 +142,25 @@ def test_example_config_is_valid():
 
     from services.runtime.templates import ChatTemplate
 
-    path = Path(__file__).parents[2] / "examples" / "arena.yaml"
+    path = Path(__file__).parents[2] / "examples" / "paper-five-experts.yaml"
     s = load_settings(path, {})
     assert s.competitors == ["athene", "deepseek", "llama", "qwen", "qwq"]
     assert len(s.judges_for("qwen", "llama")) == 3
     for model in s.models.values():
         assert ChatTemplate.from_settings(model.chat_template).magpie_prefix("sys")
+
+
+def test_cpu_example_serves_its_models_locally():
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "cpu-small-models.yaml"
+    s = load_settings(path, {})
+    assert all(m.triton_url == "local" and m.local is not None for m in s.models.values())
+    assert s.models["qwen"].local.path == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_local_backend_needs_its_section():
+    t = tree()
+    t["models"]["a"]["triton_url"] = "local"
+    with pytest.raises(ConfigError, match=r"\$\.models\.a.*local"):
+        parse_settings(t)

@@ -1,0 +1,1 @@
+"""``warriorcoder up``: an arena on one machine, supervised, with a live leaderboard."""

@@ -1,0 +1,115 @@
+"""The Grafana dashboard: its queries name real metrics and each returns data from a real arena.
+
+A real Prometheus (the Debian package) scrapes the four services and Triton of the secured arena
+every second; every query of files/dashboards/warriorcoder-arena.json, with Grafana's
+``$__rate_interval`` replaced by 30s, must return a non-empty result. An undecodable battle is
+injected so that the dead-letter panels have data; the garbler judge gives invalid votes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import nats
+from prometheus_client import REGISTRY
+
+import services.runtime.metrics  # noqa: F401  (registers every metric of the services)
+from proto import subjects
+from tests.deploy.helpers import (
+    DASHBOARD,
+    SecuredArena,
+    dashboard_queries,
+    for_prometheus,
+    prometheus_query,
+)
+
+QUERIES = list(dashboard_queries())
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_request_duration_us",
+    "nv_inference_pending_request_count",
+}
+_METRIC = re.compile(r"\b((?:warriorcoder|nv)_[a-z0-9_]+)\b")
+
+
+def _service_metric_names() -> set[str]:
+    names = set()
+    for metric in REGISTRY.collect():
+        if not metric.name.startswith("warriorcoder_"):
+            continue
+        names.add(metric.name)
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+        }.get(metric.type, ())
+        names.update(metric.name + s for s in suffixes)
+    return names
+
+
+def test_dashboard_is_a_grafana_dashboard_with_the_issue_s_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "warriorcoder-arena"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    for p in panels:
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"] and p.get("description"), p["title"]
+    exprs = " ".join(expr for _, _, expr in QUERIES)
+    for needle in (
+        "warriorcoder_battles_total",
+        "warriorcoder_samples_total",
+        "histogram_quantile(0.99, sum by (stage, le) (rate(warriorcoder_stage_seconds_bucket",
+        "warriorcoder_backlog_messages",
+        "histogram_quantile(0.9, sum by (model, role, le) (rate(warriorcoder_inference_seconds",
+        "sum by (model, role) (rate(warriorcoder_generated_characters_total",
+        "sum by (outcome) (rate(warriorcoder_votes_total",
+        'warriorcoder_votes_total{outcome="invalid"}',
+        "warriorcoder_dead_letters_total",
+        "sum by (reason) (rate(warriorcoder_challenges_rejected_total",
+        "warriorcoder_elo_rating",
+        "nv_inference_request_success",
+        "nv_inference_queue_duration_us",
+    ):
+        assert needle in exprs, needle
+
+
+def test_every_query_uses_metrics_that_exist() -> None:
+    known = _service_metric_names() | TRITON_METRICS
+    for title, ref, expr in QUERIES:
+        used = set(_METRIC.findall(expr))
+        assert used, (title, ref)
+        assert used <= known, f"{title} {ref}: unknown {used - known}"
+
+
+async def _inject_dead_letter(arena: SecuredArena) -> None:
+    nc = await nats.connect(arena.nats_url, user="admin", password=arena.passwords["admin"])
+    try:
+        await nc.jetstream().publish(
+            subjects.BATTLES, b"\x00 undecodable", headers={"Nats-Msg-Id": "dashboard-poison"}
+        )
+    finally:
+        await nc.close()
+
+
+def test_every_dashboard_query_returns_data(secured_arena: SecuredArena, prometheus: str) -> None:
+    asyncio.run(_inject_dead_letter(secured_arena))
+    pending = {(title, ref): for_prometheus(expr) for title, ref, expr in QUERIES}
+    deadline = time.monotonic() + 120
+    while pending and time.monotonic() < deadline:
+        for key, expr in list(pending.items()):
+            if prometheus_query(prometheus, expr):
+                del pending[key]
+        if pending:
+            assert not secured_arena.dead(), secured_arena.dead()
+            time.sleep(1)
+    assert not pending, "queries without data:\n" + "\n".join(
+        f"{title} [{ref}]: {expr}" for (title, ref), expr in pending.items()
+    )

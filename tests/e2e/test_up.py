@@ -1,0 +1,100 @@
+"""``warriorcoder up``: the demo completes offline, a crashed service is restarted, and a run
+stopped with Ctrl-C resumes on the same data directory with nothing lost and nothing twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from services.aggregator.dataset import read_samples
+from services.devtools.launch import free_port
+from services.devtools.local_arena import LocalArena, count_samples
+
+pytestmark = pytest.mark.e2e
+
+
+def up(data_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir), "--plain",
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def test_demo_runs_offline_and_writes_valid_samples(tmp_path: Path):
+    proc = up(tmp_path / "demo", "--demo", "--battles", "3", "--port", "0", "--timeout", "600")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "RANDOM WEIGHTS" in out  # the output says plainly that these are not real models
+    samples = read_samples(tmp_path / "demo" / "samples")
+    assert len(samples) == 3 and len({s.id for s in samples}) == 3
+    for s in samples:
+        assert s.attacker.startswith("demo-") and s.defender.startswith("demo-")
+        assert s.attacker != s.defender
+        assert [t.role for t in s.messages] == ["user", "assistant"]
+        assert s.chosen in (s.messages[1].content,) and s.rejected != ""
+        # Guided choices keep even random-weight judges well-formed: every vote is valid.
+        assert s.votes and all(v.winner != "invalid" for v in s.votes)
+        assert all(v.judge not in (s.attacker, s.defender) for v in s.votes)
+    assert "done: 3 samples" in out
+
+
+def test_stop_with_ctrl_c_and_resume_loses_nothing_and_writes_nothing_twice(tmp_path: Path):
+    data = tmp_path / "arena"
+    port = free_port()
+    first = up(data, "--scripted", "--battles", "40", "--port", str(port))
+    deadline = time.monotonic() + 300
+    status: dict = {"samples": 0}
+    while status["samples"] < 5:  # the page's own view of the run
+        assert first.poll() is None, first.stdout.read() if first.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
+                status = json.load(r)
+        except OSError:
+            continue  # not serving yet
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        page = resp.read().decode()
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out
+    assert "interrupted" in out
+    assert status["target"] == 40 and status["samples"] >= 5
+    assert "WarriorCoder Arena" in page and "<table>" in page
+    stopped_at = count_samples(data / "samples")
+    assert 5 <= stopped_at < 40
+
+    second = up(data, "--scripted", "--battles", "40", "--port", "0")
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    samples = read_samples(data / "samples")
+    assert len(samples) == 40  # exactly the target: nothing lost, nothing extra
+    assert len({s.id for s in samples}) == 40  # nothing written twice
+    assert (
+        f"{stopped_at} samples already" in out
+        or "budget set to" in (data / "logs" / "supervisor.log").read_text()
+    )
+
+
+def test_a_crashed_service_is_restarted_and_the_run_completes(tmp_path: Path):
+    with LocalArena(tmp_path / "arena", battles=10) as arena:
+        # Killed before it could judge anything: every sample needs the restarted judge.
+        arena.procs["judge"].proc.kill()
+        arena.procs["judge"].proc.wait()
+        arena.wait_for_samples(10, timeout=180)
+        assert any("judge exited with code -9; restarting it" in e for e in arena.events)
+        assert arena.procs["judge"].alive()
+    samples = read_samples(tmp_path / "arena" / "samples")
+    assert len({s.id for s in samples}) == len(samples) == 10
+    log = (tmp_path / "arena" / "logs" / "supervisor.log").read_text()
+    assert "judge exited" in log
