@@ -19,6 +19,7 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
+    "AdmittedEmbedding",
     "Answer",
     "Battle",
     "Challenge",
@@ -184,6 +185,15 @@ class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=
     failed_at: Timestamp
 
 
+class AdmittedEmbedding(_Base, tag="warriorcoder.v1.embedding", frozen=True, kw_only=True):
+    """The sentence embedding of an admitted instruction, shared by the challengers' diversity
+    gates (unit length, so a dot product is the cosine similarity)."""
+
+    id: MessageId
+    model: str
+    vector: list[float]
+
+
 class Ratings(_Base, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
     """The global Elo ratings, stored in a KV bucket and replaced with optimistic concurrency.
 
@@ -197,7 +207,7 @@ class Ratings(_Base, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
     updated_at: Timestamp = 0.0
 
 
-Message = Challenge | Battle | Judgement | Sample | DeadLetter | Ratings
+Message = Challenge | Battle | Judgement | Sample | DeadLetter | Ratings | AdmittedEmbedding
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[object, msgspec.json.Decoder] = {}

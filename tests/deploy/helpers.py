@@ -253,6 +253,8 @@ def start_secured_arena(root: Path, deployments: Mapping[str, dict[str, Any]]) -
         )
         tree["competitors"] = ["alpha", "beta", "gamma"]
         tree["judges"] = ["garbler"]  # votes without a verdict: invalid votes on the dashboard
+        # The diversity gate's stream and ordered consumer must pass the permissions too.
+        tree["challenger"]["diversity"] = {"enabled": True, "max_similarity": 0.99}
         config_path = root / "arena.yaml"
         config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
         secret_values = {f"{name}-password": pw for name, pw in passwords.items()}

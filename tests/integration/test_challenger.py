@@ -166,3 +166,29 @@ async def test_schedule_cursor_is_shared_by_replicas(nats_url):
     assert sorted(cursors) == list(range(30))  # every slot taken exactly once
     for nc in ncs:
         await nc.drain()
+
+
+async def test_the_diversity_gate_admits_and_records_each_published_challenge(nats_url, triton_url):
+    s = arena_settings(
+        triton_url,
+        nats_url,
+        challenger={"diversity": {"enabled": True, "max_similarity": 0.99}},
+    )
+    nc = await connect(s.nats)
+    bus = Bus(nc, s.nats, stage="challenger")
+    await bus.ensure_topology()
+    await Budget(await bus.kv(subjects.KV_SCHEDULE)).set(4)
+    stop = asyncio.Event()
+    async with TritonPool(s.models, names=s.competitors) as pool:
+        task = asyncio.create_task(run_challenger(Deps(s, bus, pool), stop))
+        for _ in range(300):
+            if await bus.backlog(subjects.STREAM_CHALLENGES) == 4:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    found = await challenges_in_stream(bus)
+    embeddings = await bus.js.stream_info(subjects.STREAM_EMBEDDINGS)
+    assert len(found) == 4
+    assert embeddings.state.messages == 4  # one admitted embedding per published challenge
+    await nc.drain()
