@@ -73,14 +73,12 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
     writer = ShardWriter(Path(s.data_dir), max_per_shard=s.shard_max_samples)
     await writer.open()
     try:
-        await deps.bus.consume(
+        await deps.consume(
             subjects.STREAM_JUDGEMENTS,
             subjects.CONSUMER_AGGREGATOR,
             Judgement,
             make_handler(deps, store, writer),
-            stop=stop,
-            max_in_flight=s.service.max_in_flight,
-            drain_timeout_s=s.service.drain_timeout_s,
+            stop,
         )
     finally:
         await writer.close()

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
@@ -60,9 +59,14 @@ from pytriton.model_config import ModelConfig
 from pytriton.proxy.types import Request
 from pytriton.triton import Triton, TritonConfig
 
-from services.devtools.launch import ManagedProcess, _spawn, free_port, wait_http
-from services.devtools.scripted import validate_sampling_params
-from services.devtools.triton_server import INPUTS, OUTPUTS, _first, _tensor, _text, triton_env
+from services.devtools.launch import ManagedProcess, start_local_triton
+from services.devtools.triton_server import (
+    INPUTS,
+    OUTPUTS,
+    _tensor,
+    parse_vllm_request,
+    triton_env,
+)
 
 __all__ = [
     "Batcher",
@@ -196,29 +200,14 @@ class ParsedRequest:
 def parse_request(
     data: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None
 ) -> ParsedRequest:
-    """Parse a request as ``triton_server.respond`` does; ``ValueError`` if vLLM would reject it."""
-    if "text_input" not in data:
-        raise ValueError("text_input: missing")
-    prompt = _text(data, "text_input")
-    stream = bool(_first(data, "stream")) if "stream" in data else False
-    if "exclude_input_in_output" in data:
-        prepend = not bool(_first(data, "exclude_input_in_output"))
-    else:
-        prepend = not stream
-    if prepend and stream:
-        raise ValueError("When streaming, `exclude_input_in_output` = False is not allowed.")
-    if "sampling_parameters" in data:
-        raw = _text(data, "sampling_parameters")
-        try:
-            params = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"sampling_parameters: invalid JSON: {exc}") from None
-    else:
-        params = dict(parameters or {})
-    checked = validate_sampling_params(params)
+    """Parse a request as the vLLM backend does; ``ValueError`` if it would reject it."""
+    req = parse_vllm_request(data, parameters)
+    checked = dict(req.params)
     guided = checked.pop("guided_decoding", None)
     choices = tuple(guided["choice"]) if guided is not None else None
-    return ParsedRequest(job=Job(prompt, checked, choices), stream=stream, prepend=prepend)
+    return ParsedRequest(
+        job=Job(req.prompt, checked, choices), stream=req.stream, prepend=req.prepend
+    )
 
 
 # ----------------------------------------------------------------------------- batching
@@ -475,31 +464,15 @@ def start_hf_triton(
     Returns once every model of ``model_names`` is ready (its weights loaded). ``threads``: torch
     CPU threads (0: torch's default).
     """
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
+    return start_local_triton(
         "services.devtools.hf_server",
-        "--models",
-        str(models_file),
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-        "--metrics-port",
-        str(metrics_port),
-        "--threads",
-        str(threads),
-    ]
-    proc = _spawn("hf-tritonserver", argv, log_path, env=triton_env())
-    proc.ports.update(grpc=grpc_port, http=http_port, metrics=metrics_port)
-    try:
-        for name in model_names:
-            wait_http(f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", proc, timeout)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+        models_file,
+        model_names,
+        name="hf-tritonserver",
+        extra_args=["--threads", str(threads)],
+        log_path=log_path,
+        timeout=timeout,
+    )
 
 
 if __name__ == "__main__":

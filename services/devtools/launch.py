@@ -32,6 +32,7 @@ __all__ = [
     "ManagedProcess",
     "free_port",
     "nats_server_binary",
+    "start_local_triton",
     "start_nats",
     "start_scripted_triton",
     "start_service",
@@ -157,19 +158,23 @@ def wait_http(url: str, proc: ManagedProcess, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready within {timeout:g}s:\n{proc.log_tail()}")
 
 
-def start_scripted_triton(
+def start_local_triton(
+    module: str,
     models_file: Path,
     model_names: list[str],
     *,
+    name: str = "tritonserver",
+    extra_args: list[str] | None = None,
     log_path: Path | None = None,
     timeout: float = 180.0,
 ) -> ManagedProcess:
-    """A real Triton Inference Server (PyTriton) serving the scripted test models."""
+    """A real Triton Inference Server (PyTriton) run by ``python -m MODULE --models FILE`` on
+    free ports; returns once every model of ``model_names`` is ready."""
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     argv = [
         sys.executable,
         "-m",
-        "services.devtools.triton_server",
+        module,
         "--models",
         str(models_file),
         "--grpc-port",
@@ -178,16 +183,34 @@ def start_scripted_triton(
         str(http_port),
         "--metrics-port",
         str(metrics_port),
+        *(extra_args or []),
     ]
-    proc = _spawn("tritonserver", argv, log_path, env=triton_env())
+    proc = _spawn(name, argv, log_path, env=triton_env())
     proc.ports.update(grpc=grpc_port, http=http_port, metrics=metrics_port)
     try:
-        for name in model_names:
-            wait_http(f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", proc, timeout)
+        for model in model_names:
+            wait_http(f"http://127.0.0.1:{http_port}/v2/models/{model}/ready", proc, timeout)
     except BaseException:
         proc.stop()
         raise
     return proc
+
+
+def start_scripted_triton(
+    models_file: Path,
+    model_names: list[str],
+    *,
+    log_path: Path | None = None,
+    timeout: float = 180.0,
+) -> ManagedProcess:
+    """A real Triton Inference Server (PyTriton) serving the scripted test models."""
+    return start_local_triton(
+        "services.devtools.triton_server",
+        models_file,
+        model_names,
+        log_path=log_path,
+        timeout=timeout,
+    )
 
 
 def start_service(

@@ -25,6 +25,7 @@ import os
 import signal
 import sysconfig
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -86,15 +87,20 @@ def _text(data: Mapping[str, np.ndarray], name: str) -> str:
     return str(value)
 
 
-def respond(
-    model: ScriptedModel,
-    data: Mapping[str, np.ndarray],
-    parameters: Mapping[str, Any] | None = None,
-) -> list[list[str]]:
-    """The texts of one request's responses: one list of ``n`` texts per response.
+@dataclass(frozen=True, slots=True)
+class VllmRequest:
+    """One request of the vLLM backend contract, checked."""
 
-    Raises ``ValueError`` for a request the vLLM backend would reject.
-    """
+    prompt: str
+    params: dict[str, Any]  # validated sampling parameters
+    stream: bool
+    prepend: bool  # echo the prompt before the text (exclude_input_in_output false)
+
+
+def parse_vllm_request(
+    data: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None
+) -> VllmRequest:
+    """Read a request's tensors as the vLLM backend does; ``ValueError`` if it would reject it."""
     if "text_input" not in data:
         raise ValueError("text_input: missing")
     prompt = _text(data, "text_input")
@@ -113,7 +119,20 @@ def respond(
             raise ValueError(f"sampling_parameters: invalid JSON: {exc}") from None
     else:
         params = dict(parameters or {})
-    params = validate_sampling_params(params)
+    return VllmRequest(prompt, validate_sampling_params(params), stream, prepend)
+
+
+def respond(
+    model: ScriptedModel,
+    data: Mapping[str, np.ndarray],
+    parameters: Mapping[str, Any] | None = None,
+) -> list[list[str]]:
+    """The texts of one request's responses: one list of ``n`` texts per response.
+
+    Raises ``ValueError`` for a request the vLLM backend would reject.
+    """
+    req = parse_vllm_request(data, parameters)
+    prompt, params, stream, prepend = req.prompt, req.params, req.stream, req.prepend
     n = params.get("n", 1)
     text = apply_sampling(model.generate(prompt, params), params)
     if "guided_decoding" in params:

@@ -108,15 +108,8 @@ def _other(role: Role) -> Role:
 
 
 async def run(deps: Deps, stop: asyncio.Event) -> None:
-    svc = deps.settings.service
-    await deps.bus.consume(
-        subjects.STREAM_BATTLES,
-        subjects.CONSUMER_JUDGE,
-        Battle,
-        make_handler(deps),
-        stop=stop,
-        max_in_flight=svc.max_in_flight,
-        drain_timeout_s=svc.drain_timeout_s,
+    await deps.consume(
+        subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE, Battle, make_handler(deps), stop
     )
 
 

@@ -70,15 +70,12 @@ def make_handler(deps: Deps) -> Handler[Challenge]:
 
 
 async def run(deps: Deps, stop: asyncio.Event) -> None:
-    svc = deps.settings.service
-    await deps.bus.consume(
+    await deps.consume(
         subjects.STREAM_CHALLENGES,
         subjects.CONSUMER_RESPONDER,
         Challenge,
         make_handler(deps),
-        stop=stop,
-        max_in_flight=svc.max_in_flight,
-        drain_timeout_s=svc.drain_timeout_s,
+        stop,
     )
 
 

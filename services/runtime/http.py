@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-__all__ = ["ReadyCheck", "serve_http"]
+__all__ = ["ReadyCheck", "serve_app", "serve_http"]
 
 # Returns the list of problems; empty means ready.
 ReadyCheck = Callable[[], Awaitable[list[str]]]
@@ -52,11 +52,9 @@ def _app(ready: ReadyCheck, service: str) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_http(
-    host: str, port: int, *, ready: ReadyCheck, service: str
-) -> AsyncIterator[int]:
-    """Serve the endpoints until the context exits; yields the bound port (0 picks a free one)."""
-    runner = web.AppRunner(_app(ready, service), access_log=None)
+async def serve_app(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+    """Serve an aiohttp app until the context exits; yields the bound port (0 picks a free one)."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -64,3 +62,12 @@ async def serve_http(
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_http(
+    host: str, port: int, *, ready: ReadyCheck, service: str
+) -> AsyncIterator[int]:
+    """Serve the endpoints until the context exits; yields the bound port (0 picks a free one)."""
+    async with serve_app(_app(ready, service), host, port) as bound:
+        yield bound

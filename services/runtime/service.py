@@ -31,6 +31,7 @@ __all__ = ["Deps", "Handler", "ServiceSpec", "run_service", "serve"]
 
 log = logging.getLogger(__name__)
 
+
 T = TypeVar("T")
 Handler = Callable[[T], Awaitable[None]]  # handles one decoded message of a stage
 
@@ -42,6 +43,22 @@ class Deps:
     settings: ArenaSettings
     bus: Bus
     triton: TritonPool
+
+    async def consume(
+        self, stream: str, durable: str, type_: type[T], handler: Handler[T], stop: asyncio.Event
+    ) -> None:
+        """Run ``handler`` on the stage's work stream until ``stop``, within the service's
+        in-flight and drain limits."""
+        svc = self.settings.service
+        await self.bus.consume(
+            stream,
+            durable,
+            type_,
+            handler,
+            stop=stop,
+            max_in_flight=svc.max_in_flight,
+            drain_timeout_s=svc.drain_timeout_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import orjson
 from aiohttp import web
 
+from services.runtime.http import serve_app
 from services.up.status import Snapshot
 
 __all__ = ["page", "serve_leaderboard"]
@@ -68,11 +69,5 @@ async def serve_leaderboard(
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/api/status", status)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, host, port) as bound:
+        yield bound

@@ -112,5 +112,6 @@ def test_asyncapi_lists_every_subject():
         "warriorcoder.v1.battles",
         "warriorcoder.v1.judgements",
         "warriorcoder.v1.samples",
+        "warriorcoder.v1.embeddings",
         "warriorcoder.v1.dlq.{stage}",
     } == addresses
