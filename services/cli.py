@@ -68,6 +68,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from services.runtime.templates import ChatTemplate, TemplateError
 
     for name, model in settings.models.items():
+        tpl = model.chat_template
+        if model.local is not None and tpl.file is None and tpl.preset is None:
+            continue  # its own template, found by `warriorcoder up` beside the weights
         try:
             ChatTemplate.from_settings(model.chat_template).magpie_prefix("check")
         except TemplateError as exc:

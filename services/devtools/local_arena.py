@@ -50,6 +50,7 @@ __all__ = [
     "SERVICES",
     "LocalArena",
     "count_samples",
+    "own_template_file",
     "scripted_arena_config",
 ]
 
@@ -112,6 +113,17 @@ def scripted_arena_config(
         "data_dir": str(data_dir / "samples"),
     }
     return _merge(tree, overrides)
+
+
+def own_template_file(path: str) -> str:
+    """The tokenizer config of a local model directory or hub id (from the Hub cache that
+    loading the model filled)."""
+    local = Path(path)
+    if local.is_dir():
+        return str(local / "tokenizer_config.json")
+    from huggingface_hub import hf_hub_download
+
+    return str(hf_hub_download(repo_id=path, filename="tokenizer_config.json"))
 
 
 def count_samples(samples_dir: Path) -> int:
@@ -212,7 +224,6 @@ class LocalArena:
             m.name: {
                 "triton_url": "local",
                 "triton_model": m.name,
-                "chat_template": {"file": str(m.tokenizer_config)},
                 "guided_choice": True,
                 "max_concurrency": 8,
                 "timeout_s": 300,
@@ -274,6 +285,10 @@ class LocalArena:
         )
         for m in local.values():
             m["triton_url"] = f"127.0.0.1:{triton.ports['grpc']}"
+            template = m.get("chat_template") or {}
+            if not template.get("preset") and not template.get("file"):
+                # The model's own template, from the tokenizer config beside its weights.
+                m["chat_template"] = {**template, "file": own_template_file(m["local"]["path"])}
             del m["local"]
         return tree
 

@@ -107,7 +107,8 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # serving `local.path` through transformers
     triton_url: str
     triton_model: str
-    chat_template: ChatTemplateSettings
+    # preset or file; left out for a `local` model: its own template, from its tokenizer config
+    chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
     contract: Literal["vllm"] = "vllm"
     max_concurrency: PositiveInt = 8
     timeout_s: PositiveFloat = 600.0
@@ -318,9 +319,14 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                     f"`$.models.{name}`: `triton_url: local` and a `local` section go together"
                 )
             tpl = model.chat_template
-            if (tpl.preset is None) == (tpl.file is None):
+            if tpl.preset is not None and tpl.file is not None:
                 raise ConfigError(
-                    f"`$.models.{name}.chat_template`: give exactly one of `preset` or `file`"
+                    f"`$.models.{name}.chat_template`: give one of `preset` or `file`, not both"
+                )
+            if tpl.preset is None and tpl.file is None and model.local is None:
+                raise ConfigError(
+                    f"`$.models.{name}.chat_template`: give `preset` or `file` (only a model "
+                    "served by `warriorcoder up` from `local.path` may use its own template)"
                 )
 
 

@@ -98,3 +98,24 @@ def test_a_crashed_service_is_restarted_and_the_run_completes(tmp_path: Path):
     assert len({s.id for s in samples}) == len(samples) == 10
     log = (tmp_path / "arena" / "logs" / "supervisor.log").read_text()
     assert "judge exited" in log
+
+
+def test_up_with_a_config_of_existing_tritons(tmp_path: Path, triton_url: str):
+    import yaml
+
+    from tests.helpers import arena_tree
+
+    config = tmp_path / "arena.yaml"
+    config.write_text(yaml.safe_dump(arena_tree(triton_url)))
+    check = subprocess.run(
+        [sys.executable, "-m", "services.cli", "check-config", "--config", "examples/"
+         "cpu-small-models.yaml"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    proc = up(tmp_path / "data", "--config", str(config), "--battles", "4", "--port", "0")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert not (tmp_path / "data" / "local-models.yaml").exists()  # no local Triton started
+    resolved = yaml.safe_load((tmp_path / "data" / "arena.yaml").read_text())
+    assert resolved["models"]["alpha"]["triton_url"] == triton_url
+    assert len(read_samples(tmp_path / "data" / "samples")) == 4

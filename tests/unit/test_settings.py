@@ -164,3 +164,12 @@ def test_local_backend_needs_its_section():
     t["models"]["a"]["triton_url"] = "local"
     with pytest.raises(ConfigError, match=r"\$\.models\.a.*local"):
         parse_settings(t)
+
+
+def test_only_a_local_model_may_leave_out_its_template():
+    t = tree()
+    del t["models"]["a"]["chat_template"]
+    with pytest.raises(ConfigError, match=r"\$\.models\.a\.chat_template.*local"):
+        parse_settings(t)
+    t["models"]["a"].update(triton_url="local", local={"path": "/models/a"})
+    assert parse_settings(t).models["a"].chat_template.file is None
