@@ -55,16 +55,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import yaml
-from pytriton.model_config import ModelConfig
 from pytriton.proxy.types import Request
 from pytriton.triton import Triton, TritonConfig
 
 from services.devtools.launch import ManagedProcess, start_local_triton
 from services.devtools.triton_server import (
-    INPUTS,
-    OUTPUTS,
     _tensor,
+    bind_vllm_model,
     parse_vllm_request,
+    server_arguments,
     triton_env,
 )
 
@@ -314,27 +313,15 @@ def make_infer(batcher: Batcher) -> Callable[[list[Request]], AsyncIterator[Resp
 
 
 def bind_model(triton: Triton, name: str, batcher: Batcher) -> None:
-    """Bind one model under ``name`` with the vLLM backend's tensors."""
-    triton.bind(
-        model_name=name,
-        infer_func=make_infer(batcher),
-        inputs=list(INPUTS),
-        outputs=list(OUTPUTS),
-        config=ModelConfig(batching=False, decoupled=True),
-    )
+    bind_vllm_model(triton, name, make_infer(batcher))
 
 
 # ----------------------------------------------------------------------------- process
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--models", required=True, type=Path, help="models YAML file")
-    parser.add_argument("--grpc-port", required=True, type=int)
-    parser.add_argument("--http-port", required=True, type=int)
-    parser.add_argument("--metrics-port", required=True, type=int)
-    parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--log-file", type=Path, default=None, help="Triton's log file")
+    doc = __doc__.splitlines()[0] if __doc__ else None
+    parser = server_arguments(doc, "models YAML file")
     parser.add_argument(
         "--threads",
         type=int,

@@ -166,26 +166,37 @@ def make_infer(model: ScriptedModel) -> InferFn:
     return infer
 
 
-def bind_model(triton: Triton, model: ScriptedModel) -> None:
-    """Bind one scripted model under its own name with the vLLM backend's tensors."""
+def bind_vllm_model(triton: Triton, name: str, infer_func: Any) -> None:
+    """Bind a decoupled model with the vLLM backend's exact tensors (both local servers)."""
     triton.bind(
-        model_name=model.name,
-        infer_func=make_infer(model),
+        model_name=name,
+        infer_func=infer_func,
         inputs=list(INPUTS),
         outputs=list(OUTPUTS),
         config=ModelConfig(batching=False, decoupled=True),
     )
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--models", required=True, type=Path, help="scripted models YAML file")
+def bind_model(triton: Triton, model: ScriptedModel) -> None:
+    """Bind one scripted model under its own name."""
+    bind_vllm_model(triton, model.name, make_infer(model))
+
+
+def server_arguments(description: str | None, models_help: str) -> argparse.ArgumentParser:
+    """The command-line options both local Triton servers take."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", required=True, type=Path, help=models_help)
     parser.add_argument("--grpc-port", required=True, type=int)
     parser.add_argument("--http-port", required=True, type=int)
     parser.add_argument("--metrics-port", required=True, type=int)
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--log-file", type=Path, default=None, help="Triton's log file")
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    doc = __doc__.splitlines()[0] if __doc__ else None
+    return server_arguments(doc, "scripted models YAML file").parse_args(argv)
 
 
 _signalled: list[int] = []
