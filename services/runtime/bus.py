@@ -258,6 +258,7 @@ class Bus:
         decoder = msgspec.json.Decoder(type_)
         tasks: set[asyncio.Task[None]] = set()
         stopping = asyncio.create_task(stop.wait())
+        lag = asyncio.create_task(self._watch_lag(sub, stream))
         try:
             while not stop.is_set():
                 if len(tasks) >= max_in_flight:
@@ -275,6 +276,7 @@ class Bus:
                     task.add_done_callback(tasks.discard)
         finally:
             stopping.cancel()
+            lag.cancel()
             if tasks:
                 _, pending = await asyncio.wait(set(tasks), timeout=drain_timeout_s)
                 for task in pending:
@@ -282,6 +284,17 @@ class Bus:
                 await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _watch_lag(self, sub: Any, stream: str, every_s: float = 5.0) -> None:
+        """Export the consumer's lag (not yet delivered + delivered, unacked) as the stream's
+        backlog: in a work-queue stream, exactly the messages waiting for this stage."""
+        while True:
+            with contextlib.suppress(Exception):  # NATS reconnecting: try again next time
+                info = await sub.consumer_info()
+                metrics.BACKLOG.labels(stream=stream).set(
+                    int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+                )
+            await asyncio.sleep(every_s)
 
     async def _handle(
         self,

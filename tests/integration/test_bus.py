@@ -251,3 +251,38 @@ def test_dead_letter_struct_round_trips():
     )
     assert decode(encode(d), DeadLetter) == d
     assert msgspec.json.decode(encode(d))["type"] == "warriorcoder.v1.dead_letter"
+
+
+async def test_consumer_lag_is_exported_as_the_stream_backlog(bus):
+    from prometheus_client import REGISTRY
+
+    from services.runtime import metrics
+
+    for i in range(3):
+        ch = challenge(text=f"Write a Python function number {i} to sort.")
+        await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+    release = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def handler(c: Challenge) -> None:
+        await release.wait()
+
+    task = asyncio.create_task(
+        bus.consume(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge, handler,
+                    stop=stop, max_in_flight=1, drain_timeout_s=5)
+    )  # fmt: skip
+
+    def backlog() -> float | None:
+        return REGISTRY.get_sample_value(
+            "warriorcoder_backlog_messages", {"stream": subjects.STREAM_CHALLENGES}
+        )
+
+    metrics.BACKLOG.labels(stream=subjects.STREAM_CHALLENGES).set(-1)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if backlog() == 3:  # not yet delivered + delivered and unacked
+            break
+    assert backlog() == 3
+    release.set()
+    stop.set()
+    await asyncio.wait_for(task, 10)
