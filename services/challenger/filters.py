@@ -31,6 +31,7 @@ from proto.messages import SamplingParams
 from services.arena.instructions import normalise
 from services.arena.near_dup import LshBands
 from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+from services.runtime.kv import CasConflictError, compare_and_set
 from services.runtime.service import Deps
 from services.runtime.templates import ChatTemplate
 
@@ -128,22 +129,15 @@ class RejectionStats:
         self.kv = kv
 
     async def add(self, reason: str) -> None:
-        for _ in range(20):
-            try:
-                entry = await self.kv.get(subjects.STATS_REJECTIONS_KEY)
-                counts = orjson.loads(entry.value or b"{}")
-                counts[reason] = counts.get(reason, 0) + 1
-                await self.kv.update(
-                    subjects.STATS_REJECTIONS_KEY, orjson.dumps(counts), last=entry.revision
-                )
-                return
-            except KeyNotFoundError:
-                with contextlib.suppress(KeyWrongLastSequenceError):
-                    await self.kv.create(subjects.STATS_REJECTIONS_KEY, orjson.dumps({reason: 1}))
-                    return
-            except KeyWrongLastSequenceError:
-                continue
-        log.warning("could not record rejection statistics", extra={"reason": reason})
+        def count(value: bytes | None) -> bytes:
+            counts = orjson.loads(value or b"{}")
+            counts[reason] = counts.get(reason, 0) + 1
+            return orjson.dumps(counts)
+
+        try:
+            await compare_and_set(self.kv, subjects.STATS_REJECTIONS_KEY, count, attempts=20)
+        except CasConflictError:
+            log.warning("could not record rejection statistics", extra={"reason": reason})
 
     @staticmethod
     async def read(kv: KeyValue) -> dict[str, int]:
@@ -156,60 +150,45 @@ class RejectionStats:
 
 class Budget:
     """An optional arena-wide limit on the challenges still to publish, shared by every replica:
-    the ``budget`` key of the schedule bucket. No key means no limit; ``warriorcoder up`` and
-    ``warriorcoder budget`` set it."""
+    the ``budget`` key of the schedule bucket. No key (or ``unlimited``) means no limit;
+    ``warriorcoder up --battles N`` sets it."""
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+
+    @staticmethod
+    def _left(value: bytes | None) -> int | None:
+        raw = (value or b"").decode()
+        return None if raw in ("", "unlimited") else int(raw)
 
     async def remaining(self) -> int | None:
         try:
             entry = await self.kv.get(subjects.BUDGET_KEY)
         except KeyNotFoundError:
             return None
-        raw = (entry.value or b"").decode()
-        return None if raw in ("", "unlimited") else int(raw)
+        return self._left(entry.value)
 
     async def take(self) -> bool:
         """Take one challenge from the budget; False when it is spent."""
-        while True:
-            try:
-                entry = await self.kv.get(subjects.BUDGET_KEY)
-            except KeyNotFoundError:
-                return True
-            raw = (entry.value or b"").decode()
-            if raw in ("", "unlimited"):
-                return True
-            left = int(raw)
-            if left <= 0:
-                return False
-            try:
-                await self.kv.update(
-                    subjects.BUDGET_KEY, str(left - 1).encode(), last=entry.revision
-                )
-                return True
-            except KeyWrongLastSequenceError:
-                continue
+
+        def take_one(value: bytes | None) -> bytes | None:
+            left = self._left(value)
+            return None if left is None or left <= 0 else str(left - 1).encode()
+
+        old, new = await compare_and_set(self.kv, subjects.BUDGET_KEY, take_one)
+        return new is not None or self._left(old) is None
 
     async def give_back(self) -> None:
         await self.add(1)
 
     async def add(self, n: int) -> None:
-        while True:
-            try:
-                entry = await self.kv.get(subjects.BUDGET_KEY)
-            except KeyNotFoundError:
-                return
-            raw = (entry.value or b"").decode()
-            if raw in ("", "unlimited"):
-                return
-            try:
-                await self.kv.update(
-                    subjects.BUDGET_KEY, str(int(raw) + n).encode(), last=entry.revision
-                )
-                return
-            except KeyWrongLastSequenceError:
-                continue
+        """Raise a limited budget by ``n`` (no limit stays no limit)."""
+
+        def raise_by(value: bytes | None) -> bytes | None:
+            left = self._left(value)
+            return None if left is None else str(left + n).encode()
+
+        await compare_and_set(self.kv, subjects.BUDGET_KEY, raise_by)
 
     async def set(self, n: int | None) -> None:
         """Set the budget (None: unlimited)."""

@@ -22,7 +22,6 @@ import random
 import time
 
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from proto import subjects
@@ -35,6 +34,7 @@ from services.arena.schedule import round_robin
 from services.challenger.diversity import DiversityGate
 from services.challenger.filters import Budget, DedupIndex, QualityGate, RejectionStats
 from services.runtime import metrics
+from services.runtime.kv import compare_and_set
 from services.runtime.service import Deps, ServiceSpec
 from services.runtime.settings import ArenaSettings
 from services.runtime.templates import ChatTemplate
@@ -80,21 +80,10 @@ class _Gate:
 
 async def next_cursor(kv: KeyValue) -> int:
     """Take the next slot of the shared round-robin schedule (compare-and-set on a KV key)."""
-    while True:
-        try:
-            entry = await kv.get(subjects.SCHEDULE_KEY)
-        except KeyNotFoundError:
-            try:
-                await kv.create(subjects.SCHEDULE_KEY, b"1")
-                return 0
-            except KeyWrongLastSequenceError:
-                continue
-        value = int(entry.value or b"0")
-        try:
-            await kv.update(subjects.SCHEDULE_KEY, str(value + 1).encode(), last=entry.revision)
-            return value
-        except KeyWrongLastSequenceError:
-            continue
+    old, _ = await compare_and_set(
+        kv, subjects.SCHEDULE_KEY, lambda v: str(int(v or b"0") + 1).encode()
+    )
+    return int(old or b"0")
 
 
 class _Miner:

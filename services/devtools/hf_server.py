@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import re
 import signal
 import sys
@@ -56,7 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 from pytriton.proxy.types import Request
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton
 
 from services.devtools.launch import ManagedProcess, start_local_triton
 from services.devtools.triton_server import (
@@ -64,7 +63,7 @@ from services.devtools.triton_server import (
     bind_vllm_model,
     parse_vllm_request,
     server_arguments,
-    triton_env,
+    triton_config,
 )
 
 __all__ = [
@@ -377,19 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         LOGGER.error("%s: %s", args.models, exc)
         return 2
-    # Belt and braces: PyTriton copies os.environ when it starts tritonserver.
-    os.environ["LD_LIBRARY_PATH"] = triton_env()["LD_LIBRARY_PATH"]
-    config = TritonConfig(
-        grpc_port=args.grpc_port,
-        grpc_address=args.address,
-        http_port=args.http_port,
-        http_address=args.address,
-        metrics_port=args.metrics_port,
-        metrics_address=args.address,
-        log_verbose=0,
-        log_file=args.log_file,
-        exit_timeout_secs=5,
-    )
+    config = triton_config(args)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     batchers: list[Batcher] = []

@@ -194,6 +194,23 @@ def server_arguments(description: str | None, models_help: str) -> argparse.Argu
     return parser
 
 
+def triton_config(args: argparse.Namespace) -> TritonConfig:
+    """Triton's config from ``server_arguments``; also fixes this process's LD_LIBRARY_PATH,
+    which PyTriton copies when it starts tritonserver (belt and braces with ``triton_env``)."""
+    os.environ["LD_LIBRARY_PATH"] = triton_env()["LD_LIBRARY_PATH"]
+    return TritonConfig(
+        grpc_port=args.grpc_port,
+        grpc_address=args.address,
+        http_port=args.http_port,
+        http_address=args.address,
+        metrics_port=args.metrics_port,
+        metrics_address=args.address,
+        log_verbose=0,
+        log_file=args.log_file,
+        exit_timeout_secs=5,
+    )
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     doc = __doc__.splitlines()[0] if __doc__ else None
     return server_arguments(doc, "scripted models YAML file").parse_args(argv)
@@ -212,19 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models = load_models(args.models)
-    # Belt and braces: PyTriton copies os.environ when it starts tritonserver.
-    os.environ["LD_LIBRARY_PATH"] = triton_env()["LD_LIBRARY_PATH"]
-    config = TritonConfig(
-        grpc_port=args.grpc_port,
-        grpc_address=args.address,
-        http_port=args.http_port,
-        http_address=args.address,
-        metrics_port=args.metrics_port,
-        metrics_address=args.address,
-        log_verbose=0,
-        log_file=args.log_file,
-        exit_timeout_secs=5,
-    )
+    config = triton_config(args)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:

@@ -286,3 +286,13 @@ async def test_consumer_lag_is_exported_as_the_stream_backlog(bus):
     release.set()
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_compare_and_set_creates_updates_and_declines(bus):
+    from services.runtime.kv import compare_and_set
+
+    kv = await bus.kv("test_cas")
+    assert await compare_and_set(kv, "k", lambda v: b"1") == (None, b"1")  # created
+    assert await compare_and_set(kv, "k", lambda v: (v or b"") + b"2") == (b"1", b"12")
+    assert await compare_and_set(kv, "k", lambda v: None) == (b"12", None)  # left alone
+    assert (await kv.get("k")).value == b"12"
