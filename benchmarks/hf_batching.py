@@ -4,9 +4,9 @@ Usage::
 
     python benchmarks/hf_batching.py --concurrency 6 --max-tokens 128
 
-Builds the demo models, serves them with ``services.devtools.hf_server`` (one torch thread, as
-``warriorcoder up --demo`` does) and times generation through the project's own Triton client:
-one request alone, then N at once to the same model (the server folds them into one batch).
+Builds the demo models, serves them with ``warriorcoder.localmodels.hf_server`` (one torch
+thread, as ``warriorcoder up --demo`` does) and times generation through the project's own Triton
+client: one request alone, then N at once to the same model (the server folds them into one batch).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from proto.messages import SamplingParams
-from services.devtools.demo_models import build_demo_models, write_models_file
-from services.devtools.hf_server import start_hf_triton
-from services.runtime.settings import ChatTemplateSettings, ModelSettings
-from services.runtime.templates import ChatTemplate
-from services.runtime.triton import TritonPool
+from warriorcoder.localmodels.demo import build_demo_models, write_models_file
+from warriorcoder.localmodels.hf_server import start_hf_triton
+from warriorcoder.proto.messages import SamplingParams
+from warriorcoder.runtime.settings import ChatTemplateSettings, ModelSettings
+from warriorcoder.runtime.templates import ChatTemplate
+from warriorcoder.runtime.triton import TritonPool
 
 
 async def measure(url: str, model: str, template: Path, n: int, tokens: int) -> tuple[float, float]:

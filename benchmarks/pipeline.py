@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.devtools.local_arena import LocalArena
+from warriorcoder.launcher.arena import LocalArena
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.devtools.launch import ManagedProcess, start_nats, start_scripted_triton
-from services.devtools.scripted import load_models
+from warriorcoder.launcher.processes import ManagedProcess, start_nats, start_scripted_triton
+from warriorcoder.testing.scripted import load_models
 
 DATA = Path(__file__).parent / "data"
 SCRIPTED_MODELS = DATA / "scripted-models.yaml"

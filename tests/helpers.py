@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from proto.messages import Answer, Battle, Challenge, Judgement, SamplingParams, Vote, battle_id
-from services.arena.instructions import normalise
-from services.runtime.settings import ArenaSettings, parse_settings
+from warriorcoder.arena.instructions import normalise
+from warriorcoder.proto.messages import (
+    Answer,
+    Battle,
+    Challenge,
+    Judgement,
+    SamplingParams,
+    Vote,
+    battle_id,
+)
+from warriorcoder.runtime.settings import ArenaSettings, parse_settings
 
 SP = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=128)
 PRESETS = {"alpha": "chatml", "beta": "llama3", "gamma": "deepseek-coder"}

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from services.devtools.launch import ManagedProcess, free_port
 from tests.deploy.helpers import (
     VALUE_SETS,
     Rendered,
@@ -29,6 +28,7 @@ from tests.deploy.helpers import (
     spawn,
     start_secured_arena,
 )
+from warriorcoder.launcher.processes import ManagedProcess, free_port
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = 8  # samples the secured arena writes before the tests look at it

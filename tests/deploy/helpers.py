@@ -30,14 +30,14 @@ from typing import Any
 
 import yaml
 
-from services.devtools.launch import (
+from warriorcoder.launcher.arena import SERVICES, count_samples, scripted_arena_config
+from warriorcoder.launcher.processes import (
     ManagedProcess,
     free_port,
     nats_server_binary,
     start_scripted_triton,
     start_service,
 )
-from services.devtools.local_arena import SERVICES, count_samples, scripted_arena_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

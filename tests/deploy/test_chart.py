@@ -17,8 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from proto import subjects
-from services.runtime.settings import load_settings
 from tests.deploy.helpers import (
     DASHBOARD,
     VALUE_SETS,
@@ -29,6 +27,8 @@ from tests.deploy.helpers import (
     render,
     run_tool,
 )
+from warriorcoder.proto import subjects
+from warriorcoder.runtime.settings import load_settings
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="deploy checks run in `tox -e deploy` (needs kubernetes-validate)"

@@ -16,8 +16,7 @@ import time
 import nats
 from prometheus_client import REGISTRY
 
-import services.runtime.metrics  # noqa: F401  (registers every metric of the services)
-from proto import subjects
+import warriorcoder.runtime.metrics  # noqa: F401  (registers every metric of the services)
 from tests.deploy.helpers import (
     DASHBOARD,
     SecuredArena,
@@ -25,6 +24,7 @@ from tests.deploy.helpers import (
     for_prometheus,
     prometheus_query,
 )
+from warriorcoder.proto import subjects
 
 QUERIES = list(dashboard_queries())
 TRITON_METRICS = {

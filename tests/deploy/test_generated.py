@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from proto import subjects
 from tests.deploy.helpers import Rendered, objects, render, run_tool
+from warriorcoder.proto import subjects
 
 
 def _identity(obj: dict[str, Any]) -> tuple[str, str]:

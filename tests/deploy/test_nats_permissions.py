@@ -18,8 +18,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects
 from tests.deploy.helpers import SecuredArena, render
+from warriorcoder.proto import subjects
 
 
 async def _connect(arena: SecuredArena, user: str, errors: list[Exception]) -> NATS:

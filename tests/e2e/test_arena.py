@@ -21,10 +21,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from proto import subjects
-from proto.messages import Ratings, Sample, decode
-from services.aggregator.dataset import read_samples
-from services.devtools.local_arena import LocalArena
+from warriorcoder.launcher.arena import LocalArena
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Ratings, Sample, decode
+from warriorcoder.stages.aggregator.dataset import read_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 def cli(*args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "warriorcoder.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from services.aggregator.dataset import read_samples
-from services.devtools.launch import free_port
-from services.devtools.local_arena import LocalArena, count_samples
+from warriorcoder.launcher.arena import LocalArena, count_samples
+from warriorcoder.launcher.processes import free_port
+from warriorcoder.stages.aggregator.dataset import read_samples
 
 pytestmark = pytest.mark.e2e
 
 
 def up(data_dir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir), "--plain",
+        [sys.executable, "-m", "warriorcoder.cli", "up", "--data-dir", str(data_dir), "--plain",
          *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -108,7 +108,7 @@ def test_up_with_a_config_of_existing_tritons(tmp_path: Path, triton_url: str):
     config = tmp_path / "arena.yaml"
     config.write_text(yaml.safe_dump(arena_tree(triton_url)))
     check = subprocess.run(
-        [sys.executable, "-m", "services.cli", "check-config", "--config", "examples/"
+        [sys.executable, "-m", "warriorcoder.cli", "check-config", "--config", "examples/"
          "cpu-small-models.yaml"], capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr

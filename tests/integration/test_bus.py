@@ -7,11 +7,12 @@ import asyncio
 import msgspec
 import pytest
 
-from proto import subjects
-from proto.messages import Challenge, DeadLetter, decode, encode
-from services.runtime.bus import Bus, PoisonError, RetryableError, connect
-from services.runtime.settings import NatsSettings
 from tests.helpers import challenge
+from warriorcoder.errors import PoisonError, RetryableError
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Challenge, DeadLetter, decode, encode
+from warriorcoder.runtime.bus import Bus, connect
+from warriorcoder.runtime.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
 
@@ -256,7 +257,7 @@ def test_dead_letter_struct_round_trips():
 async def test_consumer_lag_is_exported_as_the_stream_backlog(bus):
     from prometheus_client import REGISTRY
 
-    from services.runtime import metrics
+    from warriorcoder.runtime import metrics
 
     for i in range(3):
         ch = challenge(text=f"Write a Python function number {i} to sort.")
@@ -289,7 +290,7 @@ async def test_consumer_lag_is_exported_as_the_stream_backlog(bus):
 
 
 async def test_compare_and_set_creates_updates_and_declines(bus):
-    from services.runtime.kv import compare_and_set
+    from warriorcoder.runtime.kv import compare_and_set
 
     kv = await bus.kv("test_cas")
     assert await compare_and_set(kv, "k", lambda v: b"1") == (None, b"1")  # created

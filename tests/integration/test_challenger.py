@@ -6,16 +6,16 @@ import asyncio
 
 import pytest
 
-from proto import subjects
-from proto.messages import Challenge, decode
-from services.arena.near_dup import LshBands
-from services.challenger.filters import Budget, DedupIndex
-from services.challenger.service import next_cursor
-from services.challenger.service import run as run_challenger
-from services.runtime.bus import Bus, connect
-from services.runtime.service import Deps
-from services.runtime.triton import TritonPool
 from tests.helpers import arena_settings
+from warriorcoder.arena.near_dup import LshBands
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Challenge, decode
+from warriorcoder.runtime.bus import Bus, connect
+from warriorcoder.runtime.service import Deps
+from warriorcoder.runtime.triton import TritonPool
+from warriorcoder.stages.challenger.filters import Budget, DedupIndex
+from warriorcoder.stages.challenger.service import next_cursor
+from warriorcoder.stages.challenger.service import run as run_challenger
 
 pytestmark = pytest.mark.integration
 

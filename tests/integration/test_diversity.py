@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from proto import subjects
-from services.challenger.diversity import DiversityGate
-from services.runtime.bus import connect
-from services.runtime.settings import NatsSettings
+from warriorcoder.proto import subjects
+from warriorcoder.runtime.bus import connect
+from warriorcoder.runtime.settings import NatsSettings
+from warriorcoder.stages.challenger.diversity import DiversityGate
 
 pytestmark = pytest.mark.integration
 

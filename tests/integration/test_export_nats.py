@@ -10,14 +10,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from proto import subjects
-from proto.messages import Sample
-from services.arena.decide import decide
-from services.data.commands import register
-from services.data.export import ExportError, read_export, records, samples_from_nats
-from services.runtime.bus import Bus, connect
-from services.runtime.settings import NatsSettings
 from tests.helpers import arena_settings, judgement
+from warriorcoder.arena.decide import decide
+from warriorcoder.data.commands import register
+from warriorcoder.data.export import ExportError, read_export, records, samples_from_nats
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Sample
+from warriorcoder.runtime.bus import Bus, connect
+from warriorcoder.runtime.settings import NatsSettings
 
 pytestmark = pytest.mark.integration
 

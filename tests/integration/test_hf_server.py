@@ -1,7 +1,7 @@
 """The Hugging Face Triton server with the tiny demo models, through the project's real client.
 
-Builds the demo models (random weights, offline), serves them with
-``python -m services.devtools.hf_server`` on free ports and checks generation, the vLLM request
+Builds the demo models (random weights, offline), serves them with ``python -m
+warriorcoder.localmodels.hf_server`` on free ports and checks generation, the vLLM request
 contract, guided choice and batching with ``TritonPool`` (and ``tritonclient`` directly where the
 pool has no parameter for it). Expected texts come from the same engine run in this process, so
 each check is exact. Needs the ``hf`` extra (torch, transformers); skipped without it.
@@ -22,9 +22,9 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferRequestedOutput
 
-from proto.messages import SamplingParams
-from services.arena.prompts import judge_messages, response_system_prompt
-from services.devtools.hf_server import (
+from warriorcoder.arena.prompts import judge_messages, response_system_prompt
+from warriorcoder.launcher.processes import ManagedProcess
+from warriorcoder.localmodels.hf_server import (
     Batcher,
     Job,
     load_model_specs,
@@ -32,10 +32,10 @@ from services.devtools.hf_server import (
     parse_request,
     start_hf_triton,
 )
-from services.devtools.launch import ManagedProcess
-from services.runtime.settings import ChatTemplateSettings, ModelSettings
-from services.runtime.templates import ChatTemplate
-from services.runtime.triton import (
+from warriorcoder.proto.messages import SamplingParams
+from warriorcoder.runtime.settings import ChatTemplateSettings, ModelSettings
+from warriorcoder.runtime.templates import ChatTemplate
+from warriorcoder.runtime.triton import (
     InferenceError,
     TritonPool,
     _bool_input,
@@ -140,7 +140,7 @@ async def test_batcher_groups_concurrent_requests():
 def demo_models(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from services.devtools.demo_models import build_demo_models
+    from warriorcoder.localmodels.demo import build_demo_models
 
     return build_demo_models(tmp_path_factory.mktemp("demo-models"), seed=0)
 
@@ -150,7 +150,7 @@ def engines(demo_models: list[Any]) -> dict[str, Any]:
     """The server's engine, in this process, for the expected outputs."""
     import torch
 
-    from services.devtools.hf_engine import HFEngine
+    from warriorcoder.localmodels.hf_engine import HFEngine
 
     torch.set_num_threads(1)  # as the server below: same kernels, same numbers
     return {m.name: HFEngine.load(m.name, str(m.path), device="cpu") for m in demo_models}
@@ -160,7 +160,7 @@ def engines(demo_models: list[Any]) -> dict[str, Any]:
 def hf_triton(
     demo_models: list[Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManagedProcess]:
-    from services.devtools.demo_models import write_models_file
+    from warriorcoder.localmodels.demo import write_models_file
 
     work = tmp_path_factory.mktemp("hf-triton")
     models_file = write_models_file(demo_models, work / "models.yaml", max_batch_size=8)
@@ -443,7 +443,7 @@ async def test_bad_requests_are_not_retryable(hf_url, demo_models):
 
 async def test_abort_ends_a_running_batch(demo_models):
     pytest.importorskip("torch")
-    from services.devtools.hf_engine import HFEngine
+    from warriorcoder.localmodels.hf_engine import HFEngine
 
     m = demo_models[0]
     engine = HFEngine.load(m.name, str(m.path), device="cpu")

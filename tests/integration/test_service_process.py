@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.devtools.launch import start_service, wait_http
 from tests.helpers import arena_tree
+from warriorcoder.launcher.processes import start_service, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path):
     path = tmp_path / "arena.yaml"
     path.write_text(yaml.safe_dump(tree))
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "judge", "--config", str(path)],
+        [sys.executable, "-m", "warriorcoder.cli", "serve", "judge", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -46,7 +46,7 @@ def test_check_config_command(tmp_path: Path):
     path = tmp_path / "arena.yaml"
     path.write_text(yaml.safe_dump(arena_tree()))
     ok = subprocess.run(
-        [sys.executable, "-m", "services.cli", "check-config", "--config", str(path)],
+        [sys.executable, "-m", "warriorcoder.cli", "check-config", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

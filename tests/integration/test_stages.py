@@ -9,18 +9,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from proto import subjects
-from proto.messages import Battle, Judgement, Ratings, Sample, decode
-from services.aggregator.dataset import ShardWriter, read_samples
-from services.aggregator.ratings import RatingsStore
-from services.aggregator.service import make_handler as aggregator_handler
-from services.judge.service import make_handler as judge_handler
-from services.judge.service import orders_for
-from services.responder.service import make_handler as responder_handler
-from services.runtime.bus import Bus, PoisonError, connect
-from services.runtime.service import Deps
-from services.runtime.triton import TritonPool
 from tests.helpers import arena_settings, battle, challenge, judgement
+from warriorcoder.errors import PoisonError
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Battle, Judgement, Ratings, Sample, decode
+from warriorcoder.runtime.bus import Bus, connect
+from warriorcoder.runtime.service import Deps
+from warriorcoder.runtime.triton import TritonPool
+from warriorcoder.stages.aggregator.dataset import ShardWriter, read_samples
+from warriorcoder.stages.aggregator.ratings import RatingsStore
+from warriorcoder.stages.aggregator.service import make_handler as aggregator_handler
+from warriorcoder.stages.judge.service import make_handler as judge_handler
+from warriorcoder.stages.judge.service import orders_for
+from warriorcoder.stages.responder.service import make_handler as responder_handler
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +199,7 @@ async def test_shard_writer_survives_restart_and_torn_lines(tmp_path):
     samples = []
     for i in range(3):
         j = judgement(["attacker"], text=f"Write a Python function number {i} to sort.")
-        from services.arena.decide import decide
+        from warriorcoder.arena.decide import decide
 
         s = decide(j, 1000, 1000, arena_settings().scoring)
         samples.append(s)

@@ -6,19 +6,19 @@ import asyncio
 
 import pytest
 
-from proto.messages import SamplingParams
-from services.arena.prompts import challenge_system_prompt, response_system_prompt
-from services.devtools.launch import free_port
-from services.runtime import metrics
-from services.runtime.settings import ModelSettings
-from services.runtime.templates import ChatTemplate
-from services.runtime.triton import (
+from tests.helpers import arena_settings
+from warriorcoder.arena.prompts import challenge_system_prompt, response_system_prompt
+from warriorcoder.launcher.processes import free_port
+from warriorcoder.proto.messages import SamplingParams
+from warriorcoder.runtime import metrics
+from warriorcoder.runtime.settings import ModelSettings
+from warriorcoder.runtime.templates import ChatTemplate
+from warriorcoder.runtime.triton import (
     InferenceError,
     InferenceTimeout,
     RetryableInferenceError,
     TritonPool,
 )
-from tests.helpers import arena_settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.data.bradley_terry import (
+from warriorcoder.data.bradley_terry import (
     bootstrap,
     bradley_terry,
     format_table,
@@ -19,8 +19,8 @@ from services.data.bradley_terry import (
     online_elo,
     rows_to_json,
 )
-from services.data.commands import register
-from services.data.votes import ArenaVote, VoteFormatError, read_votes
+from warriorcoder.data.commands import register
+from warriorcoder.data.votes import ArenaVote, VoteFormatError, read_votes
 
 
 def vote(a: str, b: str, winner: str) -> ArenaVote:

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from proto.messages import Sample, decode, encode
-from services.arena.decide import decide
-from services.data.card import render_card, write_card
-from services.data.commands import register
-from services.data.export import (
+from tests.helpers import arena_settings, judgement
+from warriorcoder.arena.decide import decide
+from warriorcoder.data.card import render_card, write_card
+from warriorcoder.data.commands import register
+from warriorcoder.data.export import (
     ExportError,
     arrow_schema,
     export,
@@ -26,8 +26,8 @@ from services.data.export import (
     records,
     samples_from_dir,
 )
-from services.data.votes import ArenaVote, votes_from_samples
-from tests.helpers import arena_settings, judgement
+from warriorcoder.data.votes import ArenaVote, votes_from_samples
+from warriorcoder.proto.messages import Sample, decode, encode
 
 SPECS = [
     # (judge votes, attacker, defender, instruction)
@@ -120,7 +120,7 @@ def test_battles_jsonl_is_byte_identical_to_the_shards(tmp_path: Path, samples):
 
 
 def test_votes_jsonl_is_read_by_read_votes(tmp_path: Path, samples):
-    from services.data.votes import read_votes
+    from warriorcoder.data.votes import read_votes
 
     out = tmp_path / "votes.jsonl"
     export(samples, "votes", out)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.arena.decontam import NgramIndex, ngrams, words
-from services.arena.near_dup import LshBands, unigrams
-from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
-from services.arena.verdicts import parse_verdict
+from warriorcoder.arena.decontam import NgramIndex, ngrams, words
+from warriorcoder.arena.near_dup import LshBands, unigrams
+from warriorcoder.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+from warriorcoder.arena.verdicts import parse_verdict
 
 BASE = (
     "Write a Python function that merges overlapping intervals in a list and returns the merged "

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.arena.instructions import clean, cut_at_stop, normalise
-from services.arena.schedule import round_robin
+from warriorcoder.arena.instructions import clean, cut_at_stop, normalise
+from warriorcoder.arena.schedule import round_robin
 
 STOP = ["<|im_end|>"]
 

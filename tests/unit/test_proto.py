@@ -3,8 +3,8 @@
 import msgspec
 import pytest
 
-from proto import schema_gen
-from proto.messages import (
+from warriorcoder.proto import schema_gen
+from warriorcoder.proto.messages import (
     Answer,
     Battle,
     Challenge,

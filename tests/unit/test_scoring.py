@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from services.arena.scoring import (
+from warriorcoder.arena.scoring import (
     EloParams,
     elo_expected,
     elo_update,

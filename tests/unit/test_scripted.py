@@ -1,4 +1,4 @@
-"""Unit tests of the scripted LLMs (services.devtools.scripted) and the server's request logic.
+"""Unit tests of the scripted LLMs (warriorcoder.testing.scripted) and the server's request logic.
 
 Usage::
 
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import sysconfig
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from services.arena.prompts import (
+from warriorcoder.arena.prompts import (
     ANSWER_A_END,
     ANSWER_B_END,
     ANSWER_B_START,
@@ -24,9 +23,10 @@ from services.arena.prompts import (
     judge_messages,
     response_system_prompt,
 )
-from services.devtools.scripted import (
+from warriorcoder.testing.scripted import (
     LOW_QUALITY_EVERY,
     MINING_PHRASE,
+    SCRIPTED_MODELS,
     VLLM_DEFAULT_MAX_TOKENS,
     ScriptedModel,
     apply_sampling,
@@ -39,7 +39,7 @@ from services.devtools.scripted import (
     validate_sampling_params,
 )
 
-MODELS_FILE = Path(__file__).parents[2] / "services" / "devtools" / "scripted-arena-models.yaml"
+MODELS_FILE = SCRIPTED_MODELS
 STOP = "<|im_end|>"
 QUESTION = "Write a Python function `merge_intervals_17` that merges overlapping intervals."
 
@@ -163,7 +163,7 @@ def test_judge_garbles_first_verdicts_then_answers() -> None:
 
 
 def test_mined_instructions_are_mostly_not_near_duplicates() -> None:
-    from services.arena.near_dup import LshBands
+    from warriorcoder.arena.near_dup import LshBands
 
     miner = ScriptedModel(name="gamma", strength=2)
     bands = LshBands(num_perm=128, threshold=0.5)
@@ -192,8 +192,8 @@ def test_miner_gives_50_distinct_instructions() -> None:
 
 
 def test_scorer_rates_vague_questions_low_and_guided_choice_picks_its_label() -> None:
-    from services.arena.quality import SCORE_CHOICES, parse_score, quality_messages
-    from services.devtools.scripted import pick_choice
+    from warriorcoder.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+    from warriorcoder.testing.scripted import pick_choice
 
     scorer = ScriptedModel(name="beta", strength=5)
     clear = "\n".join(m["content"] for m in quality_messages("Write a trie in Python.", "Python"))
@@ -385,7 +385,7 @@ def _request(prompt: str, **tensors: Any) -> dict[str, np.ndarray]:
 
 
 def test_respond_follows_vllm_backend_semantics() -> None:
-    ts = pytest.importorskip("services.devtools.triton_server")
+    ts = pytest.importorskip("warriorcoder.testing.scripted_server")
     model = ScriptedModel(name="alpha", strength=9)
     prompt = answer_prompt()
     params = {"max_tokens": 1000}
@@ -416,7 +416,7 @@ def test_respond_follows_vllm_backend_semantics() -> None:
 
 
 def test_triton_env_puts_libdir_first() -> None:
-    ts = pytest.importorskip("services.devtools.triton_server")
+    ts = pytest.importorskip("warriorcoder.testing.scripted_server")
     libdir = sysconfig.get_config_var("LIBDIR")
     env = ts.triton_env({"LD_LIBRARY_PATH": f"/x:{libdir}:/y", "HOME": "/h"})
     assert env["LD_LIBRARY_PATH"] == f"{libdir}:/x:/y"

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from services.runtime.settings import ConfigError, Secret, load_settings, parse_settings
+from warriorcoder.runtime.settings import ConfigError, Secret, load_settings, parse_settings
 
 BASE = {
     "models": {
@@ -140,7 +140,7 @@ def test_unreadable_or_non_mapping_config(tmp_path):
 def test_example_config_is_valid():
     from pathlib import Path
 
-    from services.runtime.templates import ChatTemplate
+    from warriorcoder.runtime.templates import ChatTemplate
 
     path = Path(__file__).parents[2] / "examples" / "paper-five-experts.yaml"
     s = load_settings(path, {})

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.settings import ChatTemplateSettings
-from services.runtime.templates import ChatTemplate, TemplateError
+from warriorcoder.runtime.settings import ChatTemplateSettings
+from warriorcoder.runtime.templates import ChatTemplate, TemplateError
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 DS_BOS = "<｜begin▁of▁sentence｜>"

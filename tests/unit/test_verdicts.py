@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.arena.verdicts import combine, parse_verdict, winner_of
+from warriorcoder.arena.verdicts import combine, parse_verdict, winner_of
 
 
 @pytest.mark.parametrize(

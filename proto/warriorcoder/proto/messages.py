@@ -1,0 +1,227 @@
+"""Every message on the WarriorCoder bus, as frozen msgspec Structs.
+
+Usage::
+
+    from warriorcoder.proto.messages import Challenge, decode, encode
+    data = encode(challenge)           # bytes for NATS
+    msg = decode(data, Challenge)      # validated, typed
+
+Wire schemas evolve openly: decoders ignore unknown fields, new fields get defaults, types never
+change. Each message carries a namespaced, versioned ``type`` tag set once on its class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "AdmittedEmbedding",
+    "Answer",
+    "Battle",
+    "Challenge",
+    "DeadLetter",
+    "Judgement",
+    "Message",
+    "Ratings",
+    "Sample",
+    "SamplingParams",
+    "ScoreCard",
+    "Turn",
+    "Vote",
+    "battle_id",
+    "decode",
+    "encode",
+]
+
+ModelName = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+MessageId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+Timestamp = Annotated[float, Meta(ge=0)]  # seconds since the Unix epoch
+Role = Literal["attacker", "defender"]
+
+
+def battle_id(attacker: str, defender: str, normalised_instruction: str) -> str:
+    """Deterministic id of a battle: every later message reuses it (``Nats-Msg-Id``)."""
+    h = hashlib.sha256()
+    for part in (attacker, defender, normalised_instruction):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+class _Base(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False
+):
+    """Base of every wire message: frozen, keyword-only, tagged by ``type``."""
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    """Sampling used for one LLM call (as sent to the backend)."""
+
+    temperature: Annotated[float, Meta(ge=0)]
+    top_p: Annotated[float, Meta(gt=0, le=1)]
+    max_tokens: Annotated[int, Meta(ge=1)]
+    seed: int | None = None
+
+
+class Challenge(_Base, tag="warriorcoder.v1.challenge", frozen=True, kw_only=True):
+    """An instruction mined from the attacker's own chat-template prefix."""
+
+    id: MessageId
+    attacker: ModelName
+    defender: ModelName
+    language: str
+    instruction: Annotated[str, Meta(min_length=1)]
+    sampling: SamplingParams
+    created_at: Timestamp
+    quality: int | None = None  # the quality scorer's 1-10 rating, when scoring is on
+    quality_scorer: ModelName | None = None
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """One competitor's answer to a challenge."""
+
+    model: ModelName
+    role: Role
+    text: str
+    latency_s: Annotated[float, Meta(ge=0)]
+    sampling: SamplingParams
+
+
+class Battle(_Base, tag="warriorcoder.v1.battle", frozen=True, kw_only=True):
+    """A challenge with both answers."""
+
+    id: MessageId
+    challenge: Challenge
+    attacker_answer: Answer
+    defender_answer: Answer
+    answered_at: Timestamp
+
+
+Verdict = Literal["A", "B", "tie", "invalid"]
+Winner = Literal["attacker", "defender", "tie", "invalid"]
+
+
+class Vote(msgspec.Struct, frozen=True, kw_only=True):
+    """One judge's vote on a battle, with the raw verdict of every order it judged.
+
+    ``orders`` lists which answer was shown first for each verdict ("attacker" means the attacker's
+    answer was Assistant A). ``winner`` is the combined vote: orders that disagree make a tie; an
+    order with no parseable verdict after one re-ask makes the vote invalid.
+    """
+
+    judge: ModelName
+    orders: list[Role]
+    verdicts: list[Verdict]
+    winner: Winner
+    asked: Annotated[int, Meta(ge=1)]  # LLM calls made, re-asks included
+
+
+class Judgement(_Base, tag="warriorcoder.v1.judgement", frozen=True, kw_only=True):
+    """A battle with every uninvolved judge's vote."""
+
+    id: MessageId
+    battle: Battle
+    votes: list[Vote]
+    position_mode: Literal["both", "alternate"]
+    judged_at: Timestamp
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """One chat message in the format SFT trainers take."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ScoreCard(msgspec.Struct, frozen=True, kw_only=True):
+    """How the winner was chosen (PAPER.md: local score, Elo expectation, final score)."""
+
+    attacker_votes: float  # t_A: judge votes for the attacker, a tie giving each 0.5
+    defender_votes: float
+    local_attacker: float  # x(A>B)
+    elo_expected_attacker: float  # E(A>B) from the ratings before this battle
+    final_attacker: float  # e_A = alpha * E(A>B) + (1 - alpha) * x(A>B)
+    final_defender: float
+    alpha: float
+
+
+class Sample(_Base, tag="warriorcoder.v1.sample", frozen=True, kw_only=True):
+    """A training sample: SFT messages, a preference pair and the battle's audit fields."""
+
+    id: MessageId
+    messages: list[Turn]
+    prompt: str
+    chosen: str
+    rejected: str
+    language: str
+    winner: ModelName
+    loser: ModelName
+    winner_role: Role
+    attacker: ModelName
+    defender: ModelName
+    votes: list[Vote]
+    score: ScoreCard
+    ratings_before: dict[str, float]
+    ratings_after: dict[str, float]
+    created_at: Timestamp
+
+
+class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=True):
+    """A message no stage could process, kept with the reason."""
+
+    stage: str
+    reason: str
+    error: str
+    subject: str
+    deliveries: int
+    payload: str  # the original bytes, decoded as UTF-8 with replacement
+    message_id: str | None = None
+    failed_at: Timestamp
+
+
+class AdmittedEmbedding(_Base, tag="warriorcoder.v1.embedding", frozen=True, kw_only=True):
+    """The sentence embedding of an admitted instruction, shared by the challengers' diversity
+    gates (unit length, so a dot product is the cosine similarity)."""
+
+    id: MessageId
+    model: str
+    vector: list[float]
+
+
+class Ratings(_Base, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
+    """The global Elo ratings, stored in a KV bucket and replaced with optimistic concurrency.
+
+    ``recent`` holds the ids of the last battles applied, with the attacker's and defender's
+    ratings before each, so a redelivered judgement is recognised and its sample rebuilt exactly.
+    """
+
+    ratings: dict[str, float]
+    battles: Annotated[int, Meta(ge=0)] = 0
+    recent: list[tuple[str, float, float]] = []
+    updated_at: Timestamp = 0.0
+
+
+Message = Challenge | Battle | Judgement | Sample | DeadLetter | Ratings | AdmittedEmbedding
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[object, msgspec.json.Decoder] = {}
+T = TypeVar("T")
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    """Encode a wire message as JSON bytes."""
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes | str, type_: type[T]) -> T:
+    """Decode and validate ``data`` as ``type_`` (raises ``msgspec.ValidationError``)."""
+    dec = _decoders.get(type_)
+    if dec is None:
+        dec = _decoders[type_] = msgspec.json.Decoder(type_)
+    return dec.decode(data)

@@ -1,5 +1,0 @@
-"""The aggregator: votes and Elo pick the winner; ratings and training samples are written."""
-
-from services.aggregator.service import SPEC
-
-__all__ = ["SPEC"]

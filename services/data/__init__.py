@@ -1,8 +1,0 @@
-"""Data products of the arena: Chatbot Arena votes, Bradley–Terry ratings, exports, dataset cards.
-
-Usage::
-
-    from services.data.bradley_terry import leaderboard, format_table
-    from services.data.votes import read_votes
-    print(format_table(leaderboard(read_votes("battles.jsonl"), bootstrap_n=1000, seed=0)))
-"""

@@ -1,0 +1,272 @@
+"""A Hugging Face Hub dataset card (README.md) for an export of arena samples.
+
+Usage::
+
+    export(samples, "sft", Path("out/sft.jsonl"))
+    write_card(Path("out/sft.jsonl"), samples, stats={"too_short": 12}, fmt="sft")
+
+``target`` may be a data file (the card goes beside it and its ``configs`` point at that file),
+a directory (every ``.jsonl``/``.parquet`` file in it becomes a config) or a ``.md`` path. The card
+has the YAML front matter the Hub reads (``configs``, ``license``, ``task_categories``, ``tags``,
+``size_categories``), then counts (samples, winners, languages, battles per pair, votes), the
+leaderboard (online Elo and Bradley–Terry with bootstrap 95% CIs from the judges' votes), the
+models, and the filter statistics when given (reason → rejected count). The output depends only
+on its inputs (no clock), so re-running an export gives the same card.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warriorcoder.data.bradley_terry import leaderboard
+from warriorcoder.data.export import SUFFIXES
+from warriorcoder.data.votes import votes_from_samples
+from warriorcoder.proto.messages import Sample
+
+__all__ = ["render_card", "write_card"]
+
+_FIELDS = {
+    "sft": "`id`, `messages` (a user turn with the challenge and an assistant turn with the "
+    "winning answer; the conversational format of TRL's `SFTTrainer`)",
+    "dpo": "`id`, `prompt`, `chosen` (the winning answer), `rejected` (the losing one); the "
+    "preference format of TRL's `DPOTrainer`",
+    "battles": "the full battle record: `messages`, `prompt`, `chosen`, `rejected`, `language`, "
+    "`winner`, `loser`, `winner_role`, `attacker`, `defender`, every judge's `votes`, the "
+    "`score` card, `ratings_before`, `ratings_after`, `created_at`",
+    "votes": "`model_a` (attacker), `model_b` (defender), `winner` (`model_a`, `model_b` or "
+    "`tie`), `judge`, `battle_id`: one line per valid judge vote (Chatbot Arena format)",
+}
+
+
+def _size_category(n: int) -> str:
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ]
+    for bound, name in bounds:
+        if n < bound:
+            return name
+    return "10M<n<100M"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _front_matter(data_files: Sequence[str], n: int, license: str) -> str:
+    if len(data_files) == 1:
+        configs: list[dict[str, Any]] = [
+            {"config_name": "default", "data_files": [{"split": "train", "path": data_files[0]}]}
+        ]
+    else:
+        configs = []
+        for k, name in enumerate(data_files):
+            config: dict[str, Any] = {
+                "config_name": Path(name).stem,
+                "data_files": [{"split": "train", "path": name}],
+            }
+            if k == 0:
+                config["default"] = True
+            configs.append(config)
+    front: dict[str, Any] = {
+        "license": license,
+        "task_categories": ["text-generation"],
+        "tags": ["code", "warriorcoder", "synthetic"],
+        "size_categories": [_size_category(n)],
+        "pretty_name": "WarriorCoder Arena samples",
+    }
+    if configs:
+        front["configs"] = configs
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def render_card(
+    samples: Sequence[Sample],
+    stats: Mapping[str, int] | None = None,
+    *,
+    data_files: Sequence[str] = (),
+    fmt: str | None = None,
+    license: str = "apache-2.0",
+    bootstrap_n: int = 1000,
+    seed: int = 0,
+) -> str:
+    """The card's Markdown text (front matter included)."""
+    n = len(samples)
+    lines = [_front_matter(data_files, n, license)]
+    lines += [
+        "# WarriorCoder Arena samples",
+        "",
+        "Code instructions and answers grown from battles between expert LLMs (the WarriorCoder "
+        "method, arXiv 2412.17395): an attacker model writes a coding challenge from its own "
+        "chat-template prefix, attacker and defender answer it, the uninvolved models judge both "
+        "answers, and the answer with the higher final score (judges' votes combined with Elo "
+        "ratings) is kept. The answers are model outputs: check the competitors' own licenses "
+        "before use.",
+        "",
+    ]
+    if data_files:
+        lines += ["## Files", ""]
+        lines += [f"- `{name}`" for name in data_files]
+        lines.append("")
+    if fmt is not None and fmt in _FIELDS:
+        lines += ["## Fields", "", f"`{fmt}`: {_FIELDS[fmt]}.", ""]
+
+    all_votes = [v for s in samples for v in s.votes]
+    invalid = sum(1 for v in all_votes if v.winner == "invalid")
+    ties = sum(1 for v in all_votes if v.winner == "tie")
+    lines += ["## Counts", ""]
+    summary: list[tuple[str, object]] = [
+        ("samples (battles)", n),
+        ("judge votes", len(all_votes)),
+        ("valid votes", len(all_votes) - invalid),
+        ("invalid votes", invalid),
+        ("tie votes", ties),
+    ]
+    if samples:
+        first = min(s.created_at for s in samples)
+        last = max(s.created_at for s in samples)
+        summary.append(("judged between (UTC)", f"{_utc(first)} and {_utc(last)}"))
+    lines += _table(["what", "count"], summary)
+    lines.append("")
+
+    if samples:
+        won = Counter(s.winner for s in samples)
+        won_attacking = Counter(s.winner for s in samples if s.winner_role == "attacker")
+        fought = Counter(m for s in samples for m in (s.attacker, s.defender))
+        lines += ["### Winners", ""]
+        lines += _table(
+            ["model", "samples won", "as attacker", "as defender", "battles fought"],
+            [
+                (m, won[m], won_attacking[m], won[m] - won_attacking[m], fought[m])
+                for m in sorted(fought, key=lambda m: (-won[m], m))
+            ],
+        )
+        roles = Counter(s.winner_role for s in samples)
+        lines += [
+            "",
+            f"Winning answer by role: attacker {roles['attacker']}, defender {roles['defender']}.",
+            "",
+        ]
+        lines += ["### Languages", ""]
+        languages = Counter(s.language for s in samples)
+        by_language = sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += _table(["language", "samples"], by_language)
+        lines.append("")
+        attackers = sorted({s.attacker for s in samples})
+        defenders = sorted({s.defender for s in samples})
+        pairs = Counter((s.attacker, s.defender) for s in samples)
+        lines += ["### Battles by attacker (rows) and defender (columns)", ""]
+        lines += _table(
+            ["attacker \\ defender", *defenders],
+            [(a, *(pairs[a, d] for d in defenders)) for a in attackers],
+        )
+        lines.append("")
+
+    votes = votes_from_samples(samples)
+    lines += ["## Leaderboard", ""]
+    if votes:
+        rows = leaderboard(votes, bootstrap_n=bootstrap_n, seed=seed)
+        lines += [
+            f"From the {len(votes)} valid judge votes (attacker as model A, defender as model B). "
+            "`bt`: Bradley–Terry maximum-likelihood rating (Elo scale, mean 1000) with its "
+            f"bootstrap 95% interval ({bootstrap_n} resamples of the votes, seed {seed}); "
+            "`elo`: online Elo replaying the votes in order (K 40).",
+            "",
+        ]
+        lines += _table(
+            ["rank", "model", "bt", "95% CI", "elo", "votes"],
+            [
+                (
+                    k,
+                    r.model,
+                    f"{r.bt:.1f}",
+                    "-"
+                    if r.bt_lower is None or r.bt_upper is None
+                    else f"{r.bt_lower:.1f} .. {r.bt_upper:.1f}",
+                    f"{r.elo:.1f}",
+                    r.votes,
+                )
+                for k, r in enumerate(rows, 1)
+            ],
+        )
+    else:
+        lines.append("No valid judge votes.")
+    lines.append("")
+
+    competitors = sorted({m for s in samples for m in (s.attacker, s.defender)})
+    judges = sorted({v.judge for v in all_votes})
+    lines += ["## Models", ""]
+    lines.append(f"- competitors: {', '.join(competitors) or '-'}")
+    lines.append(f"- judges: {', '.join(judges) or '-'}")
+    lines.append("")
+
+    if stats is not None:
+        lines += ["## Filter statistics", "", "Challenges rejected before battle, by reason:", ""]
+        items = sorted(stats.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += _table(["reason", "rejected"], [*items, ("total", sum(stats.values()))])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_card(
+    target: Path | str,
+    samples: Sequence[Sample],
+    stats: Mapping[str, int] | None = None,
+    *,
+    fmt: str | None = None,
+    data_files: Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    bootstrap_n: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write README.md for ``target`` (a data file, a directory or a .md path); returns its path.
+
+    ``data_files`` (paths relative to the card) overrides the files the card points at.
+    """
+    target = Path(target)
+    if target.is_dir() or not target.suffix:
+        readme, files = target / "README.md", None
+    elif target.suffix.lower() == ".md":
+        readme, files = target, None
+    else:
+        readme, files = target.parent / "README.md", [target.name]
+    if data_files is not None:
+        files = list(data_files)
+    elif files is None:
+        directory = readme.parent
+        files = sorted(
+            p.name
+            for p in directory.glob("*")
+            if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+        )
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    text = render_card(
+        samples,
+        stats,
+        data_files=files,
+        fmt=fmt,
+        license=license,
+        bootstrap_n=bootstrap_n,
+        seed=seed,
+    )
+    readme.write_text(text, encoding="utf-8")
+    return readme

@@ -1,0 +1,322 @@
+"""Export arena samples as training data: SFT, DPO, full battles or Chatbot Arena votes.
+
+Usage::
+
+    samples = samples_from_dir(Path("data"))                    # or: await samples_from_nats(url)
+    export(samples, "sft", Path("out/sft.jsonl"))               # or .parquet
+
+Formats (one record per sample, votes: one per valid judge vote):
+
+- ``sft``: ``{"id", "messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``, the
+  conversational format of TRL's SFTTrainer.
+- ``dpo``: ``{"id", "prompt", "chosen", "rejected"}``, the standard preference format of TRL's
+  DPOTrainer.
+- ``battles``: the whole Sample as on the wire (``type`` tag, votes, score card, ratings); a
+  ``.jsonl`` export is line for line what the aggregator's shards hold.
+- ``votes``: ``{"model_a", "model_b", "winner", "judge", "battle_id"}`` (Chatbot Arena battles;
+  ``warriorcoder ratings --votes`` reads it).
+
+The output suffix picks the encoding: ``.jsonl`` (JSON lines) or ``.parquet`` (Apache Arrow's
+Parquet writer, with a fixed schema per format; maps such as ``ratings_before`` become Parquet
+maps). Files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import msgspec
+
+from warriorcoder.data.votes import encode_vote, votes_from_samples
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Sample, encode
+from warriorcoder.runtime.settings import NatsSettings
+from warriorcoder.stages.aggregator.dataset import read_samples
+
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "ExportError",
+    "Format",
+    "arrow_schema",
+    "export",
+    "read_export",
+    "records",
+    "samples_from_dir",
+    "samples_from_nats",
+]
+
+log = logging.getLogger(__name__)
+
+Format = Literal["sft", "dpo", "battles", "votes"]
+FORMATS: Final[tuple[str, ...]] = get_args(Format)
+SUFFIXES: Final = (".jsonl", ".parquet")
+
+
+class ExportError(Exception):
+    """An export that cannot be made (bad format or suffix, missing source); one-line message."""
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def _check_format(fmt: str) -> Format:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return fmt  # type: ignore[return-value]
+
+
+def records(samples: Iterable[Sample], fmt: str) -> list[dict[str, Any]]:
+    """The export records of ``samples`` in format ``fmt``, as plain JSON-ready dicts."""
+    fmt = _check_format(fmt)
+    if fmt == "votes":
+        return [msgspec.to_builtins(v) for v in votes_from_samples(samples)]
+    if fmt == "battles":
+        return [msgspec.to_builtins(s) for s in samples]
+    if fmt == "sft":
+        return [
+            {"id": s.id, "messages": [{"role": t.role, "content": t.content} for t in s.messages]}
+            for s in samples
+        ]
+    return [
+        {"id": s.id, "prompt": s.prompt, "chosen": s.chosen, "rejected": s.rejected}
+        for s in samples
+    ]
+
+
+def _jsonl_lines(samples: Sequence[Sample], fmt: Format) -> list[bytes]:
+    if fmt == "battles":
+        return [encode(s) for s in samples]  # byte-identical to the aggregator's shards
+    if fmt == "votes":
+        return [encode_vote(v) for v in votes_from_samples(samples)]
+    return [msgspec.json.encode(r) for r in records(samples, fmt)]
+
+
+# -- Arrow schemas ------------------------------------------------------------------------------
+
+
+def _arrow_type(t: msgspec.inspect.Type) -> Any:
+    import pyarrow as pa
+
+    ins = msgspec.inspect
+    if isinstance(t, ins.StrType):
+        return pa.string()
+    if isinstance(t, ins.LiteralType) and all(isinstance(v, str) for v in t.values):
+        return pa.string()
+    if isinstance(t, ins.IntType):
+        return pa.int64()
+    if isinstance(t, ins.FloatType):
+        return pa.float64()
+    if isinstance(t, ins.BoolType):
+        return pa.bool_()
+    if isinstance(t, ins.ListType | ins.VarTupleType):
+        return pa.list_(_arrow_type(t.item_type))
+    if isinstance(t, ins.DictType):
+        return pa.map_(_arrow_type(t.key_type), _arrow_type(t.value_type))
+    if isinstance(t, ins.StructType):
+        return pa.struct(_arrow_fields(t))
+    if isinstance(t, ins.UnionType):
+        rest = [x for x in t.types if not isinstance(x, ins.NoneType)]
+        if len(rest) == 1:
+            return _arrow_type(rest[0])
+    raise TypeError(f"no Arrow type for {t!r}")
+
+
+def _arrow_fields(t: msgspec.inspect.StructType) -> list[Any]:
+    import pyarrow as pa
+
+    fields = []
+    if t.tag_field is not None:
+        fields.append(pa.field(t.tag_field, pa.string(), nullable=False))
+    for f in t.fields:
+        nullable = not f.required or isinstance(f.type, msgspec.inspect.UnionType)
+        fields.append(pa.field(f.encode_name, _arrow_type(f.type), nullable=nullable))
+    return fields
+
+
+def arrow_schema(fmt: str) -> Any:
+    """The ``pyarrow.Schema`` of a format's Parquet export (battles: derived from ``Sample``)."""
+    import pyarrow as pa
+
+    from warriorcoder.data.votes import ArenaVote
+
+    fmt = _check_format(fmt)
+    if fmt == "battles":
+        info = msgspec.inspect.type_info(Sample)
+    elif fmt == "votes":
+        info = msgspec.inspect.type_info(ArenaVote)
+    else:
+        turn = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+        cols = (
+            [("messages", pa.list_(turn))]
+            if fmt == "sft"
+            else [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+        )
+        return pa.schema([pa.field("id", pa.string(), nullable=False), *cols])
+    assert isinstance(info, msgspec.inspect.StructType)
+    return pa.schema(_arrow_fields(info))
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _suffix(out_path: Path) -> str:
+    suffix = out_path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ExportError(
+            f"cannot export to {out_path}: unsupported suffix {suffix or '(none)'!r}, "
+            f"use {' or '.join(SUFFIXES)}"
+        )
+    return suffix
+
+
+def export(samples: Iterable[Sample], fmt: str, out_path: Path | str) -> int:
+    """Write ``samples`` in format ``fmt`` to ``out_path`` (``.jsonl`` or ``.parquet``).
+
+    Returns the number of records written. Creates the parent directory; replaces the file.
+    """
+    out_path = Path(out_path)
+    fmt_ = _check_format(fmt)
+    suffix = _suffix(out_path)
+    items = list(samples)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".jsonl":
+            lines = _jsonl_lines(items, fmt_)
+            with tmp.open("wb") as f:
+                for line in lines:
+                    f.write(line + b"\n")
+            count = len(lines)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            rows = records(items, fmt_)
+            table = pa.Table.from_pylist(rows, schema=arrow_schema(fmt_))
+            pq.write_table(table, tmp)
+            count = len(rows)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def read_export(path: Path | str) -> list[dict[str, Any]]:
+    """Read an export back as dicts (Parquet maps become dicts again)."""
+    path = Path(path)
+    if _suffix(path) == ".jsonl":
+        with path.open("rb") as f:
+            return [msgspec.json.decode(line) for line in f if line.strip()]
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = pq.read_table(path).to_pylist(maps_as_pydicts="strict")
+    return rows
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+def _dedup(samples: Iterable[Sample]) -> list[Sample]:
+    seen: set[str] = set()
+    out: list[Sample] = []
+    for s in samples:
+        if s.id not in seen:
+            seen.add(s.id)
+            out.append(s)
+    return out
+
+
+def samples_from_dir(data_dir: Path | str) -> list[Sample]:
+    """Every sample in a data directory's shards, once each, oldest first (by ``created_at``)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ExportError(f"no such data directory: {data_dir}")
+    samples = _dedup(read_samples(data_dir))
+    samples.sort(key=lambda s: s.created_at)  # stable: shard order among equal times
+    return samples
+
+
+async def samples_from_nats(
+    url: str | None = None,
+    *,
+    settings: NatsSettings | None = None,
+    stream: str = subjects.STREAM_SAMPLES,
+    subject: str = subjects.SAMPLES,
+    batch: int = 256,
+    fetch_timeout_s: float = 5.0,
+) -> list[Sample]:
+    """Every sample in the samples stream, once each, in stream order; returns when caught up.
+
+    Reads through an ephemeral pull consumer (no acks, deliver all) up to the stream's last
+    sequence as it was at the start, and stops early if a fetch waits ``fetch_timeout_s`` for
+    nothing (e.g. the last messages aged out meanwhile). ``settings`` gives credentials and TLS;
+    ``url``, when given, replaces its URL. Undecodable messages are logged and skipped.
+    """
+    from nats.js import api as js_api
+    from nats.js.errors import NotFoundError
+
+    cfg = settings or NatsSettings()
+    if url is not None:
+        cfg = msgspec.structs.replace(cfg, url=url)
+    nc = await connect_briefly(cfg)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            raise ExportError(f"no stream {stream} on {cfg.url}") from None
+        last = int(info.state.last_seq)
+        if int(info.state.messages) == 0:
+            return []
+        config = js_api.ConsumerConfig(
+            ack_policy=js_api.AckPolicy.NONE,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
+        decoder = msgspec.json.Decoder(Sample)
+        out: list[Sample] = []
+        skipped = 0
+        try:
+            done = False
+            while not done:
+                try:
+                    msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+                except TimeoutError:  # nats.errors.TimeoutError is one too
+                    break
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.stream >= last or meta.num_pending == 0:
+                        done = True
+                    try:
+                        out.append(decoder.decode(msg.data))
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        skipped += 1
+        finally:
+            try:
+                name = (await sub.consumer_info()).name
+                await js.delete_consumer(stream, name)
+            except Exception:  # the inactive threshold removes it anyway
+                log.debug("could not delete the export consumer", exc_info=True)
+            await sub.unsubscribe()
+        if skipped:
+            log.warning("skipped undecodable samples", extra={"skipped": skipped})
+        return _dedup(out)
+    finally:
+        await nc.close()
+
+
+async def connect_briefly(cfg: NatsSettings) -> Any:
+    """Connect once, unlike the services, which wait for NATS forever."""
+    from warriorcoder.runtime.bus import connect
+
+    try:
+        return await connect(cfg, name="warriorcoder-export", persistent=False)
+    except Exception as exc:
+        raise ExportError(f"cannot connect to NATS at {cfg.url}: {exc}") from None

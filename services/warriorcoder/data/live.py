@@ -1,0 +1,62 @@
+"""What a running arena knows: its samples, its online Elo and its filter statistics.
+
+Usage::
+
+    state = await read_live(settings.nats)
+    rows = live_leaderboard(state, bootstrap_n=1000)
+
+Reads the samples stream, the ratings KV document and the rejection counts the challengers keep,
+without consuming anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+from warriorcoder.data.bradley_terry import Row, leaderboard
+from warriorcoder.data.export import connect_briefly, samples_from_nats
+from warriorcoder.data.votes import votes_from_samples
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Ratings, Sample, decode
+from warriorcoder.runtime.settings import NatsSettings
+
+__all__ = ["LiveState", "live_leaderboard", "read_live"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    samples: list[Sample]
+    ratings: Ratings
+    rejections: dict[str, int]
+
+
+async def read_live(cfg: NatsSettings) -> LiveState:
+    from warriorcoder.stages.challenger.filters import RejectionStats
+
+    samples = await samples_from_nats(settings=cfg)
+    nc = await connect_briefly(cfg)
+    try:
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(subjects.KV_RATINGS)
+            ratings = decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
+        except (BucketNotFoundError, NotFoundError, KeyNotFoundError):
+            ratings = Ratings(ratings={})
+        try:
+            rejections = await RejectionStats.read(await js.key_value(subjects.KV_STATS))
+        except (BucketNotFoundError, NotFoundError):
+            rejections = {}
+    finally:
+        await nc.close()
+    return LiveState(samples=samples, ratings=ratings, rejections=rejections)
+
+
+def live_leaderboard(state: LiveState, *, bootstrap_n: int, seed: int = 0) -> list[Row]:
+    """BT with CIs over every judge vote so far, with the arena's own online Elo (applied once per
+    battle by the aggregators) in the ``elo`` column."""
+    rows = leaderboard(votes_from_samples(state.samples), bootstrap_n=bootstrap_n, seed=seed)
+    live = state.ratings.ratings
+    return [dataclasses.replace(r, elo=live.get(r.model, r.elo)) for r in rows]

@@ -1,0 +1,96 @@
+"""Prometheus metrics of every service: ``warriorcoder_`` prefix, base units, no per-battle labels.
+
+Usage::
+
+    from warriorcoder.runtime import metrics
+    metrics.MESSAGES.labels(stage="judge", outcome="ack").inc()
+
+All metrics live in the default registry, served on ``/metrics`` by ``warriorcoder.runtime.http``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Up to ten minutes: a long LLM generation on a busy backend.
+_LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
+
+INFO = Gauge("warriorcoder_service_info", "Running service", ["service", "version"])
+
+MESSAGES = Counter(
+    "warriorcoder_messages_total",
+    "Messages handled by a stage, by outcome (ack, retry, dead_letter)",
+    ["stage", "outcome"],
+)
+STAGE_SECONDS = Histogram(
+    "warriorcoder_stage_seconds",
+    "Time to handle one message in a stage",
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+)
+IN_FLIGHT = Gauge("warriorcoder_in_flight", "Messages being handled now", ["stage"])
+DEAD_LETTERS = Counter(
+    "warriorcoder_dead_letters_total",
+    "Messages sent to the dead-letter stream",
+    ["stage", "reason"],
+)
+PUBLISHED = Counter("warriorcoder_published_total", "Messages published, by subject", ["subject"])
+
+INFERENCE_SECONDS = Histogram(
+    "warriorcoder_inference_seconds",
+    "Latency of one LLM generation on Triton",
+    ["model", "role"],
+    buckets=_LLM_BUCKETS,
+)
+INFERENCE_REQUESTS = Counter(
+    "warriorcoder_inference_requests_total",
+    "LLM generation requests, by outcome (ok, timeout, retryable_error, error)",
+    ["model", "role", "outcome"],
+)
+GENERATED_CHARS = Counter(
+    "warriorcoder_generated_characters_total",
+    "Characters of generated text",
+    ["model", "role"],
+)
+
+CHALLENGES_MINED = Counter(
+    "warriorcoder_challenges_mined_total", "Instructions mined from attackers", ["attacker"]
+)
+CHALLENGES_REJECTED = Counter(
+    "warriorcoder_challenges_rejected_total",
+    "Mined instructions rejected, by reason",
+    ["reason"],
+)
+CHALLENGES_PUBLISHED = Counter(
+    "warriorcoder_challenges_published_total", "Challenges published", ["attacker"]
+)
+QUALITY_SCORES = Histogram(
+    "warriorcoder_challenge_quality_score",
+    "Quality scores given to mined instructions (0: unparseable)",
+    buckets=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+)
+BACKLOG = Gauge("warriorcoder_backlog_messages", "Messages waiting in a work stream", ["stream"])
+
+BATTLES = Counter("warriorcoder_battles_total", "Battles answered by both competitors")
+VOTES = Counter(
+    "warriorcoder_votes_total", "Judge votes, by judge and outcome", ["judge", "outcome"]
+)
+JUDGE_POSITION = Counter(
+    "warriorcoder_judge_position_total",
+    "Judges' two-order verdicts: consistent (same winner both ways) or inconsistent",
+    ["judge", "result"],
+)
+REASKS = Counter("warriorcoder_judge_reasks_total", "Judge calls repeated for a verdict", ["judge"])
+
+SAMPLES = Counter("warriorcoder_samples_total", "Training samples written", ["winner"])
+BATTLES_UNDECIDED = Counter(
+    "warriorcoder_battles_undecided_total", "Battles with no valid judge vote (no sample)"
+)
+DUPLICATES = Counter(
+    "warriorcoder_duplicates_total", "Redelivered battles recognised and not applied again"
+)
+RATING_CONFLICTS = Counter(
+    "warriorcoder_rating_conflicts_total", "Optimistic-concurrency retries on the ratings"
+)
+ELO = Gauge("warriorcoder_elo_rating", "Online Elo rating", ["model"])

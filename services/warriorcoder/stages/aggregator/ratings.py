@@ -1,0 +1,82 @@
+"""The global Elo ratings in a NATS KV bucket, changed by compare-and-set, once per battle.
+
+Usage::
+
+    store = RatingsStore(kv, scoring)
+    applied = await store.apply(judgement.id, attacker, defender, step)
+
+``step(r_attacker, r_defender)`` returns the two ratings after the battle (or None for no change).
+The document remembers the last ``idempotency_window`` battles with the pre-battle ratings they
+saw, so a redelivered judgement — on this replica or another — is recognised, not applied twice,
+and its result rebuilt from the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Ratings, decode, encode
+from warriorcoder.runtime import metrics
+from warriorcoder.runtime.settings import ScoringSettings
+
+__all__ = ["Applied", "RatingsStore"]
+
+Step = Callable[[float, float], tuple[float, float] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    r_attacker: float  # ratings before the battle
+    r_defender: float
+    duplicate: bool  # the battle had already been applied
+    ratings: dict[str, float]  # all ratings after this call
+
+
+class RatingsStore:
+    def __init__(self, kv: KeyValue, scoring: ScoringSettings) -> None:
+        self.kv = kv
+        self.scoring = scoring
+
+    async def read(self) -> tuple[Ratings, int | None]:
+        try:
+            entry = await self.kv.get(subjects.RATINGS_KEY)
+        except KeyNotFoundError:
+            return Ratings(ratings={}), None
+        return decode(entry.value or b"", Ratings), entry.revision
+
+    async def apply(self, battle: str, attacker: str, defender: str, step: Step) -> Applied:
+        init = self.scoring.initial_rating
+        while True:
+            doc, revision = await self.read()
+            for bid, ra, rd in doc.recent:
+                if bid == battle:
+                    return Applied(ra, rd, True, dict(doc.ratings))
+            ra = doc.ratings.get(attacker, init)
+            rd = doc.ratings.get(defender, init)
+            after = step(ra, rd)
+            ratings = dict(doc.ratings)
+            if after is not None:
+                ratings[attacker], ratings[defender] = after
+            new = msgspec.structs.replace(
+                doc,
+                ratings=ratings,
+                battles=doc.battles + (after is not None),
+                recent=[*doc.recent, (battle, ra, rd)][-self.scoring.idempotency_window :],
+                updated_at=time.time(),
+            )
+            try:
+                if revision is None:
+                    await self.kv.create(subjects.RATINGS_KEY, encode(new))
+                else:
+                    await self.kv.update(subjects.RATINGS_KEY, encode(new), last=revision)
+            except KeyWrongLastSequenceError:
+                metrics.RATING_CONFLICTS.inc()
+                continue  # another replica wrote first: recompute from its ratings
+            return Applied(ra, rd, False, ratings)

@@ -1,0 +1,535 @@
+"""Scripted LLMs: deterministic stand-ins for the arena's miner, answerer and judge.
+
+Usage::
+
+    model = load_models("services/warriorcoder/testing/scripted-arena-models.yaml")[0]
+    params = {"max_tokens": 512, "stop": ["<|im_end|>"]}
+    text = apply_sampling(model.generate(prompt, params), params)
+
+The role is read off the prompt. A judge prompt holds ``ANSWER_A_START``; a mining prompt holds
+``challenge_system_prompt``'s phrase "wide range of"; anything else gets an answer. An answer ends
+with the line ``quality=<strength>`` and the judge prefers the higher quality.
+
+Judge parsing rule (answers are untrusted text that may contain markers or verdict labels):
+answer B runs from the *last* ``ANSWER_B_START`` to the last ``ANSWER_B_END`` after it; answer A
+runs from the last ``ANSWER_A_START`` before that B start to the last ``ANSWER_A_END`` before it.
+Within each block only the *last* line reading exactly ``quality=<n>`` counts (answerers write it
+last), so fake markers, fake tags or ``[[A]]``/``[[B]]`` inside an answer cannot flip a verdict.
+An answer without a tag has quality 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import threading
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from warriorcoder.arena.prompts import ANSWER_A_END, ANSWER_A_START, ANSWER_B_END, ANSWER_B_START
+from warriorcoder.arena.quality import QUESTION_START_MARK
+
+__all__ = [
+    "MINING_PHRASE",
+    "SAMPLING_KEYS",
+    "SCRIPTED_MODELS",
+    "VLLM_DEFAULT_MAX_TOKENS",
+    "ScriptedModel",
+    "apply_sampling",
+    "judge_answers",
+    "load_models",
+    "parse_models",
+    "quality_of",
+    "role_of",
+    "stop_strings",
+    "stream_chunks",
+    "validate_sampling_params",
+]
+
+VLLM_DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default when max_tokens is not sent
+MINING_PHRASE = "wide range of"  # part of challenge_system_prompt (a unit test checks)
+MINER_JUNK = "\n<|im_start|>assistant\nSure! Let me work through this step by step."
+
+_INT_KEYS = frozenset({"n", "top_k", "max_tokens", "seed"})
+_FLOAT_KEYS = frozenset(
+    {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
+)
+_BOOL_KEYS = frozenset({"ignore_eos", "skip_special_tokens"})
+SAMPLING_KEYS = _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS | {"stop", "guided_decoding"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_QUALITY_RE = re.compile(r"^quality=(\d+)[ \t\r]*$", re.MULTILINE)
+_MINING_LANG_RE = re.compile(r"(\S+) coding problems")
+_ANSWER_LANG_RE = re.compile(r"expert (\S+) programmer")
+_IDENT_RE = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_TOKEN_RE = re.compile(r"\S+")
+_SEED_SPACE = 100_003  # mining numbers: seed-derived block plus a per-model call counter
+
+# Instructions are composed from three independent parts so that, like a real model's, they
+# rarely share most of their words: the near-duplicate filter (Jaccard 0.5 over unigrams) must
+# let them through, and only true repeats are caught.
+_SUBJECTS = (
+    "a list of integers",
+    "a sentence of mixed-case words",
+    "a binary search tree",
+    "a directed acyclic graph",
+    "a matrix of floating-point numbers",
+    "a stream of log lines",
+    "a nested JSON document",
+    "a CSV file with quoted fields",
+    "a singly linked list",
+    "a dictionary of user records",
+    "an array of Unix timestamps",
+    "a set of closed intervals",
+    "a Markdown table",
+    "a priority queue of tasks",
+    "a grid maze of walls and corridors",
+    "a deck of playing cards",
+    "an HTTP access log",
+    "a polynomial given by coefficients",
+    "a trie of dictionary words",
+    "a ring buffer of sensor readings",
+)
+_ACTIONS = (
+    "finds the longest strictly increasing run in",
+    "removes duplicated entries from",
+    "computes a sliding-window median over",
+    "serialises and then parses back",
+    "validates every invariant of",
+    "counts distinct shortest routes through",
+    "merges two sorted copies of",
+    "rotates by k positions",
+    "compresses with run-length coding",
+    "partitions into balanced halves",
+    "detects cycles inside",
+    "renders as pretty text",
+    "samples uniformly at random from",
+    "builds a frequency histogram of",
+    "reverses in place",
+    "groups by a caller-supplied key",
+    "flattens recursively",
+    "diffs against a second instance of",
+    "paginates lazily through",
+    "memoises lookups over",
+)
+_CONSTRAINTS = (
+    "in linear time", "without recursion", "using constant extra memory",
+    "raising ValueError on malformed input", "with full type hints", "safely across threads",
+    "as a generator", "with an accompanying pytest suite", "handling empty input gracefully",
+    "while preserving original order", "within logarithmic depth", "with the standard library",
+    "returning an immutable result", "supporting Unicode text", "with amortised constant updates",
+    "logging each step at debug level", "accepting an optional comparator",
+    "benchmarking against a naive version", "documenting worst-case complexity",
+    "streaming results incrementally",
+)  # fmt: skip
+# A random "scenario" of distinct domain words makes each instruction's vocabulary its own.
+_DOMAIN = [
+    "inventory",
+    "payroll",
+    "telemetry",
+    "genomics",
+    "weather",
+    "checkout",
+    "ledger",
+    "playlist",
+    "warehouse",
+    "satellite",
+    "thermostat",
+    "invoice",
+    "courier",
+    "library",
+    "museum",
+    "orchard",
+    "airport",
+    "clinic",
+    "stadium",
+    "brewery",
+    "bakery",
+    "volcano",
+    "glacier",
+    "harbour",
+    "railway",
+    "subway",
+    "tram",
+    "ferry",
+    "kiosk",
+    "arcade",
+    "casino",
+    "theatre",
+    "vineyard",
+    "observatory",
+    "aquarium",
+    "greenhouse",
+    "pharmacy",
+    "pottery",
+    "sawmill",
+    "quarry",
+    "refinery",
+    "turbine",
+    "battery",
+    "drone",
+    "robot",
+    "rover",
+    "compass",
+    "lantern",
+    "beacon",
+    "anchor",
+    "saddle",
+    "kayak",
+    "canoe",
+    "glider",
+    "parachute",
+    "marathon",
+    "chess",
+    "poker",
+    "sudoku",
+    "crossword",
+    "origami",
+    "quilt",
+    "tapestry",
+    "mosaic",
+    "sculpture",
+    "fresco",
+    "symphony",
+    "podcast",
+    "newsletter",
+    "forum",
+    "wiki",
+    "blog",
+    "gallery",
+    "census",
+    "ballot",
+    "auction",
+    "mortgage",
+    "pension",
+    "tariff",
+    "customs",
+    "passport",
+    "visa",
+    "embassy",
+    "parliament",
+    "tribunal",
+    "archive",
+    "manuscript",
+    "atlas",
+    "almanac",
+    "tournament",
+    "league",
+    "roster",
+    "scoreboard",
+    "referee",
+    "stopwatch",
+    "metronome",
+    "recipe",
+    "pantry",
+    "spice",
+]
+
+Role = Literal["judge", "miner", "scorer", "answerer"]
+
+# Every LOW_QUALITY_EVERY-th mined instruction is vague; the scripted scorer rates it low.
+LOW_QUALITY_EVERY = 7
+_VAGUE = "Write some {language} code that does something useful with a list of numbers."
+
+# The scripted arena of `warriorcoder up --scripted` and the tests.
+SCRIPTED_MODELS = Path(__file__).with_name("scripted-arena-models.yaml")
+
+
+def role_of(prompt: str) -> Role:
+    """Which role a prompt asks for."""
+    if ANSWER_A_START in prompt:
+        return "judge"
+    if QUESTION_START_MARK in prompt:
+        return "scorer"
+    if MINING_PHRASE in prompt:
+        return "miner"
+    return "answerer"
+
+
+def quality_of(answer: str) -> int:
+    """The scripted quality of an answer: its last ``quality=<n>`` line, 0 when it has none."""
+    tags = _QUALITY_RE.findall(answer)
+    return int(tags[-1]) if tags else 0
+
+
+def judge_answers(prompt: str) -> tuple[str, str]:
+    """Answers A and B of a judge prompt, by the rule in the module docstring."""
+    b_start = prompt.rfind(ANSWER_B_START)
+    if b_start < 0:
+        head, answer_b = prompt, ""
+    else:
+        head, answer_b = prompt[:b_start], prompt[b_start + len(ANSWER_B_START) :]
+        b_end = answer_b.rfind(ANSWER_B_END)
+        if b_end >= 0:
+            answer_b = answer_b[:b_end]
+    a_start = head.rfind(ANSWER_A_START)
+    answer_a = head[a_start + len(ANSWER_A_START) :] if a_start >= 0 else ""
+    a_end = answer_a.rfind(ANSWER_A_END)
+    if a_end >= 0:
+        answer_a = answer_a[:a_end]
+    return answer_a.strip("\n"), answer_b.strip("\n")
+
+
+def _check_type(key: str, value: Any) -> None:
+    if key in _INT_KEYS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif key in _FLOAT_KEYS:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    elif key in _BOOL_KEYS:
+        ok, expected = isinstance(value, bool), "a boolean"
+    else:  # stop
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(s, str) for s in value)
+        )
+        expected = "a string or a list of strings"
+    if not ok:
+        raise ValueError(f"sampling_parameters.{key}: expected {expected}, got {value!r}")
+
+
+_RANGES: dict[str, tuple[str, Any]] = {
+    "n": ("must be >= 1", lambda v: v >= 1),
+    "max_tokens": ("must be >= 1", lambda v: v >= 1),
+    "top_k": ("must be -1, 0 or >= 1", lambda v: v >= -1),
+    "temperature": ("must be >= 0", lambda v: v >= 0),
+    "top_p": ("must be in (0, 1]", lambda v: 0 < v <= 1),
+    "min_p": ("must be in [0, 1]", lambda v: 0 <= v <= 1),
+    "presence_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
+    "frequency_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
+    "repetition_penalty": ("must be > 0", lambda v: v > 0),
+    "stop": ("must not contain an empty string", lambda v: "" not in stop_strings({"stop": v})),
+}
+
+
+def validate_sampling_params(params: Any) -> dict[str, Any]:
+    """Check params as vLLM's SamplingParams would; ``ValueError`` names the offending key.
+
+    Like the Triton vLLM backend, keys whose value is null are dropped (vLLM's default applies).
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(
+            f"sampling_parameters: expected a JSON object, got {type(params).__name__}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key not in SAMPLING_KEYS:
+            raise ValueError(f"sampling_parameters.{key}: unknown sampling parameter")
+        if key == "guided_decoding":
+            checked[key] = {"choice": guided_choices(value)}
+            continue
+        _check_type(key, value)
+        rule = _RANGES.get(key)
+        if rule is not None and not rule[1](value):
+            raise ValueError(f"sampling_parameters.{key}: {rule[0]}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
+def guided_choices(value: Any) -> list[str]:
+    """The choices of vLLM's ``guided_decoding`` object (only ``choice`` is supported here)."""
+    if not isinstance(value, Mapping) or set(value) != {"choice"}:
+        raise ValueError('sampling_parameters.guided_decoding: expected {"choice": [...]}')
+    choices = value["choice"]
+    if (
+        not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+        raise ValueError(
+            "sampling_parameters.guided_decoding.choice: expected a non-empty list of strings"
+        )
+    return list(choices)
+
+
+def pick_choice(text: str, choices: list[str]) -> str:
+    """Guided choice for a scripted model: the choice its free text ends on, else the first."""
+    found = [(text.rfind(c), c) for c in choices if c in text]
+    return max(found)[1] if found else choices[0]
+
+
+def stop_strings(params: Mapping[str, Any]) -> list[str]:
+    """The stop strings of params as a list (vLLM accepts one string or a list)."""
+    stop = params.get("stop")
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def apply_sampling(text: str, params: Mapping[str, Any]) -> str:
+    """Cut generated text as vLLM would: at most max_tokens tokens, then before the first stop.
+
+    A token is a run of non-whitespace; the text is kept verbatim up to the end of the last kept
+    token. The stop string itself is excluded. Params are validated first.
+    """
+    checked = validate_sampling_params(params)
+    max_tokens = checked.get("max_tokens", VLLM_DEFAULT_MAX_TOKENS)
+    for count, match in enumerate(_TOKEN_RE.finditer(text), start=1):
+        if count == max_tokens:
+            text = text[: match.end()]
+            break
+    cuts = [i for i in (text.find(s) for s in stop_strings(checked)) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def stream_chunks(text: str, parts: int = 4) -> list[str]:
+    """Split text at whitespace-token starts into at most ``parts`` pieces that join back to it."""
+    starts = [match.start() for match in _TOKEN_RE.finditer(text)][1:]
+    if not starts or parts <= 1:
+        return [text]
+    cuts = sorted({starts[i * len(starts) // parts] for i in range(1, parts)})
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in pairwise(bounds)]
+
+
+@dataclass
+class ScriptedModel:
+    """One scripted LLM; ``generate`` is deterministic given the sequence of calls."""
+
+    name: str
+    strength: int
+    garble_first_verdicts: int = 0
+    latency_s: float = 0.0
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    _mined: int = field(default=0, init=False, repr=False, compare=False)
+    _judged: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"name: invalid model name {self.name!r}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int):
+            raise ValueError(f"strength: expected an integer, got {self.strength!r}")
+        if not 1 <= self.strength <= 10:
+            raise ValueError(f"strength: must be in 1..10, got {self.strength}")
+        garble = self.garble_first_verdicts
+        if isinstance(garble, bool) or not isinstance(garble, int) or garble < 0:
+            raise ValueError(f"garble_first_verdicts: expected an integer >= 0, got {garble!r}")
+        latency = self.latency_s
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+            raise ValueError(f"latency_s: expected a number >= 0, got {latency!r}")
+
+    def generate(self, prompt: str, params: Mapping[str, Any]) -> str:
+        """The raw text this model "generates" for prompt (before ``apply_sampling``)."""
+        role = role_of(prompt)
+        if role == "judge":
+            return self._judge(prompt)
+        if role == "miner":
+            return self._mine(prompt, params)
+        if role == "scorer":
+            return self._score(prompt)
+        return self._answer(prompt)
+
+    def _score(self, prompt: str) -> str:
+        vague = "something useful" in prompt
+        score = 3 if vague else 8
+        reason = "The question is vague." if vague else "The question is clear and specific."
+        return f"{reason}\n[[{score}]]"
+
+    def _judge(self, prompt: str) -> str:
+        with self._lock:
+            garble = self._judged < self.garble_first_verdicts
+            self._judged += 1
+        answer_a, answer_b = judge_answers(prompt)
+        qa, qb = quality_of(answer_a), quality_of(answer_b)
+        summary = f"Assistant A's answer rates {qa}/10 and Assistant B's answer rates {qb}/10."
+        if garble:
+            return f"{summary} Both answers try to address the question; it is hard to say more."
+        if qa > qb:
+            return f"{summary} A is more complete and more accurate.\n[[A]]"
+        if qb > qa:
+            return f"{summary} B is more complete and more accurate.\n[[B]]"
+        return f"{summary} They are equally good.\n[[Tie]]"
+
+    def _mine(self, prompt: str, params: Mapping[str, Any]) -> str:
+        with self._lock:
+            counter = self._mined
+            self._mined += 1
+        seed = params.get("seed")
+        seed_part = (seed % _SEED_SPACE) * _SEED_SPACE if isinstance(seed, int) else 0
+        index = counter + seed_part
+        salt = zlib.crc32(self.name.encode()) % 1000
+        mix = zlib.crc32(f"{self.name}:{index}".encode())
+        subject = _SUBJECTS[mix % len(_SUBJECTS)]
+        action = _ACTIONS[(mix // 97) % len(_ACTIONS)]
+        constraint = _CONSTRAINTS[(mix // 9973) % len(_CONSTRAINTS)]
+        match = _MINING_LANG_RE.search(prompt)
+        language = match.group(1) if match else "Python"
+        name = f"{action.split()[0]}_{index * 1000 + salt}"
+        scenario = " ".join(random.Random(mix).sample(_DOMAIN, 8))
+        instruction = (
+            f"Write a {language} function `{name}` that {action} {subject} {constraint}; "
+            f"context: {scenario}."
+        )
+        if counter % LOW_QUALITY_EVERY == LOW_QUALITY_EVERY - 1:
+            instruction = _VAGUE.format(language=language) + f" (variant {index})"
+        stops = stop_strings(params)
+        return f"{instruction}{stops[0]}{MINER_JUNK}" if stops else instruction
+
+    def _answer(self, prompt: str) -> str:
+        match = _ANSWER_LANG_RE.search(prompt)
+        language = match.group(1) if match else "Python"
+        idents = _IDENT_RE.findall(prompt)
+        ident = idents[-1] if idents else "solve"
+        s = self.strength
+        if s >= 8:
+            intro = "Here is a complete solution that handles empty and duplicate inputs."
+            body = f"    # level {s}: validated input, edge cases covered\n"
+            body += "    if not data:\n        return []\n    return sorted(set(data))\n"
+            outro = "It runs in O(n log n) and is covered by tests for edge cases.\n"
+        elif s >= 4:
+            intro = "Here is a solution."
+            body = f"    # level {s}: straightforward approach\n    return sorted(data)\n"
+            outro = ""
+        else:
+            intro = "Try this."
+            body = f"    # level {s}: rough sketch, edge cases missing\n    return data\n"
+            outro = ""
+        fence = language.lower()
+        return f"{intro}\n```{fence}\ndef {ident}(data):\n{body}```\n{outro}quality={s}"
+
+
+_MODEL_KEYS = frozenset({"name", "strength", "garble_first_verdicts", "latency_s"})
+
+
+def parse_models(doc: Any) -> list[ScriptedModel]:
+    """Scripted models from a parsed YAML document ``{models: [{name, strength, ...}, ...]}``."""
+    if not isinstance(doc, Mapping) or set(doc) != {"models"}:
+        raise ValueError("$: expected a mapping with the single key 'models'")
+    entries = doc["models"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("$.models: expected a non-empty list")
+    models: list[ScriptedModel] = []
+    for i, entry in enumerate(entries):
+        where = f"$.models[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a mapping")
+        unknown = sorted(set(entry) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key")
+        for key in ("name", "strength"):
+            if key not in entry:
+                raise ValueError(f"{where}.{key}: missing")
+        try:
+            model = ScriptedModel(**entry)
+        except ValueError as exc:
+            raise ValueError(f"{where}.{exc}") from None
+        if any(m.name == model.name for m in models):
+            raise ValueError(f"{where}.name: duplicate model name {model.name!r}")
+        models.append(model)
+    return models
+
+
+def load_models(path: str | Path) -> list[ScriptedModel]:
+    """Scripted models from a YAML file (see ``parse_models``)."""
+    return parse_models(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
