@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from warriorcoder.launcher.processes import start_hf_triton
 from warriorcoder.localmodels.demo import build_demo_models, write_models_file
-from warriorcoder.localmodels.hf_server import start_hf_triton
 from warriorcoder.proto.messages import SamplingParams
 from warriorcoder.runtime.settings import ChatTemplateSettings, ModelSettings
 from warriorcoder.runtime.templates import ChatTemplate

@@ -13,11 +13,26 @@ includes real (tiny) transformer generation on the CPU.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import tempfile
 import time
 from pathlib import Path
 
-from warriorcoder.launcher.arena import LocalArena
+from warriorcoder.launcher.arena import LocalArena, Mode
+
+
+async def run(mode: Mode, battles: int, data_dir: Path) -> None:
+    started = time.monotonic()
+    async with LocalArena(data_dir, mode=mode, battles=battles) as arena:
+        ready = time.monotonic()
+        async with asyncio.timeout(1800):
+            await arena.wait_for_samples(battles, poll_s=0.1)
+        done = time.monotonic()
+    took = done - ready
+    print(
+        f"mode={mode} battles={battles} start-up={ready - started:.1f}s "
+        f"run={took:.1f}s throughput={battles / took:.2f} samples/s"
+    )
 
 
 def main() -> None:
@@ -26,16 +41,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=("scripted", "demo"), default="scripted")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.monotonic()
-        with LocalArena(Path(tmp), mode=args.mode, battles=args.battles) as arena:
-            ready = time.monotonic()
-            arena.wait_for_samples(args.battles, timeout=1800, poll_s=0.1)
-            done = time.monotonic()
-        run = done - ready
-        print(
-            f"mode={args.mode} battles={args.battles} start-up={ready - started:.1f}s "
-            f"run={run:.1f}s throughput={args.battles / run:.2f} samples/s"
-        )
+        asyncio.run(run(args.mode, args.battles, Path(tmp)))
 
 
 if __name__ == "__main__":

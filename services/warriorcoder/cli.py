@@ -14,49 +14,35 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from warriorcoder.runtime.settings import ConfigError, load_settings
+from warriorcoder.stages import STAGES
 
-if TYPE_CHECKING:
-    from warriorcoder.runtime.service import ServiceSpec
-
-SERVICE_NAMES = ("challenger", "responder", "judge", "aggregator")
-
-
-def _spec(name: str) -> ServiceSpec:
-    # Imported here so `warriorcoder schema` does not load tritonclient and friends.
-    if name == "challenger":
-        from warriorcoder.stages.challenger import SPEC
-    elif name == "responder":
-        from warriorcoder.stages.responder import SPEC
-    elif name == "judge":
-        from warriorcoder.stages.judge import SPEC
-    else:
-        from warriorcoder.stages.aggregator import SPEC
-    return SPEC
+SERVICE_NAMES = tuple(STAGES)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here so `warriorcoder schema` does not load tritonclient and the stages.
     from warriorcoder.runtime.logs import setup_logging
     from warriorcoder.runtime.service import serve
+    from warriorcoder.stages import load
 
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as exc:
         print(f"warriorcoder: {exc}", file=sys.stderr)
         return 2
-    spec = _spec(args.service)
-    for name in spec.models(settings):
-        if settings.models[name].triton_url == "local":
+    stage = load(args.service)
+    for name in stage.models(settings):
+        if settings.models[name].is_local:
             print(
-                f"warriorcoder: `$.models.{name}.triton_url`: 'local' is served by "
-                "`warriorcoder up`; a service needs the Triton's host:port",
+                f"warriorcoder: `$.models.{name}.local`: a local model is served by "
+                "`warriorcoder up`; a service needs `triton_url: host:port` of a running Triton",
                 file=sys.stderr,
             )
             return 2
     setup_logging(settings.service.log_level, settings.service.log_format, service=args.service)
-    return serve(spec, settings, http_port=args.http_port)
+    return serve(stage, settings, http_port=args.http_port)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -69,7 +55,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     for name, model in settings.models.items():
         tpl = model.chat_template
-        if model.local is not None and tpl.file is None and tpl.preset is None:
+        if model.is_local and tpl.file is None and tpl.preset is None:
             continue  # its own template, found by `warriorcoder up` beside the weights
         try:
             ChatTemplate.from_settings(model.chat_template).magpie_prefix("check")

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -28,16 +27,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import msgspec
 import yaml
 
-from warriorcoder.launcher.arena import SERVICES, count_samples, scripted_arena_config
+from warriorcoder.launcher.arena import SERVICES, count_samples
+from warriorcoder.launcher.config import scripted_arena_settings, write_settings
 from warriorcoder.launcher.processes import (
     ManagedProcess,
     free_port,
     nats_server_binary,
+    port_open,
+    spawn_process,
     start_scripted_triton,
     start_service,
+    wait_ready,
 )
+from warriorcoder.runtime.settings import DiversitySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -152,27 +157,7 @@ def nats_server_conf(
     }
 
 
-def _wait_port(proc: ManagedProcess, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{proc.name} did not listen on {port}")
-
-
-def spawn(name: str, argv: list[str], log_path: Path) -> ManagedProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    return ManagedProcess(name=name, proc=proc, log_path=log_path)
+spawn = spawn_process  # the deploy checks start Prometheus the same way
 
 
 @dataclass
@@ -236,7 +221,7 @@ def start_secured_arena(root: Path, deployments: Mapping[str, dict[str, Any]]) -
         nats = spawn("nats-server", [nats_server_binary(), "-c", str(conf_path)], logs / "nats.log")
         nats.ports.update(client=port, monitor=monitor)
         arena.procs["nats-server"] = nats
-        _wait_port(nats, port, 20)
+        wait_ready(lambda: port_open(port), nats, f"nats-server port {port}", 20)
 
         models_file = root / "models.yaml"
         models_file.write_text(ARENA_MODELS)
@@ -245,18 +230,24 @@ def start_secured_arena(root: Path, deployments: Mapping[str, dict[str, Any]]) -
         )
         arena.procs["tritonserver"] = triton
 
-        tree = scripted_arena_config(
+        scripted = scripted_arena_settings(
             ["alpha", "beta", "gamma", "garbler"],
             triton_grpc=f"127.0.0.1:{triton.ports['grpc']}",
             nats_url=arena.nats_url,
             data_dir=root,
         )
-        tree["competitors"] = ["alpha", "beta", "gamma"]
-        tree["judges"] = ["garbler"]  # votes without a verdict: invalid votes on the dashboard
-        # The diversity gate's stream and ordered consumer must pass the permissions too.
-        tree["challenger"]["diversity"] = {"enabled": True, "max_similarity": 0.99}
+        settings = msgspec.structs.replace(
+            scripted,
+            competitors=["alpha", "beta", "gamma"],
+            judges=["garbler"],  # votes without a verdict: invalid votes on the dashboard
+            # The diversity gate's stream and ordered consumer must pass the permissions too.
+            challenger=msgspec.structs.replace(
+                scripted.challenger,
+                diversity=DiversitySettings(enabled=True, max_similarity=0.99),
+            ),
+        )
         config_path = root / "arena.yaml"
-        config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
+        write_settings(config_path, settings)
         secret_values = {f"{name}-password": pw for name, pw in passwords.items()}
         for service in SERVICES:
             container = pod_spec(deployments[service])["containers"][0]

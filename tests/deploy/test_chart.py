@@ -27,7 +27,7 @@ from tests.deploy.helpers import (
     render,
     run_tool,
 )
-from warriorcoder.proto import subjects
+from warriorcoder.proto import topology
 from warriorcoder.runtime.settings import load_settings
 
 kubernetes_validate = pytest.importorskip(
@@ -37,11 +37,8 @@ kubernetes_validate = pytest.importorskip(
 SETS = list(VALUE_SETS)
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
-STAGES = {
-    "responder": (subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER),
-    "judge": (subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE),
-    "aggregator": (subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR),
-}
+# stage -> (stream, durable consumer), as the topology declares them
+STAGES = {c.stage: (c.stream, c.durable) for c in topology.CONSUMERS}
 
 
 def _containers(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tests.deploy.helpers import Rendered, objects, render, run_tool
-from warriorcoder.proto import subjects
+from warriorcoder.proto import subjects, topology
 
 
 def _identity(obj: dict[str, Any]) -> tuple[str, str]:
@@ -74,23 +74,26 @@ def test_nats_values_grant_each_chart_user_its_permissions() -> None:
 
 
 def test_permissions_name_the_code_s_streams_consumers_and_buckets() -> None:
-    """Every subject family in the permissions file refers to a name in proto/subjects.py, each
-    KV bucket of the code is granted to a service, and each stage may only touch its own
-    consumer."""
+    """Every subject family in the permissions file refers to a stream, consumer or bucket of
+    proto/topology.py, each declared KV bucket is granted to a service, each declared durable
+    consumer to its stage, and each stage may only touch its own consumer."""
     _, users = render.load_permissions()
-    streams = {v for k, v in vars(subjects).items() if k.startswith("STREAM_")}
-    buckets = {v for k, v in vars(subjects).items() if k.startswith("KV_")}
+    streams = {s.name for s in topology.STREAMS}
+    buckets = {b.name for b in topology.BUCKETS}
+    embeddings = topology.stream(subjects.STREAM_EMBEDDINGS)
+    assert embeddings.optional  # created by the challenger's diversity gate alone
     granted_buckets = set()
+    granted_consumers = set()
     for perms in users.values():
         for subject in perms.publish:
             parts = subject.split(".")
             if subject == "$JS.API.STREAM.NAMES":
                 continue  # read-only: find the stream of a subject (ordered consumers)
             if subject.startswith("$JS.FC."):  # flow control of an ordered consumer
-                assert parts[2] == subjects.STREAM_EMBEDDINGS, subject
+                assert parts[2] == embeddings.name, subject
                 assert perms.service == "challenger", subject
                 continue
-            if subject.startswith("$JS.API.CONSUMER.") and parts[4] == subjects.STREAM_EMBEDDINGS:
+            if subject.startswith("$JS.API.CONSUMER.") and parts[4] == embeddings.name:
                 # the diversity gate's ephemeral ordered consumer: only the challenger's
                 assert perms.service == "challenger", subject
                 continue
@@ -108,8 +111,10 @@ def test_permissions_name_the_code_s_streams_consumers_and_buckets() -> None:
                 stream, durable = (parts[2], parts[3]) if acked else (parts[-2], parts[-1])
                 assert stream in streams, subject
                 assert durable == perms.service, f"{perms.service} may touch {subject}"
+                granted_consumers.add(topology.Consumer(durable, stream))
             else:
                 assert subject.startswith(subjects.PREFIX + "."), subject
         assert all(s == "_INBOX.>" for s in perms.subscribe), perms
         assert not any(s == ">" or s.endswith(".*") for s in perms.publish), perms
     assert granted_buckets == buckets
+    assert granted_consumers == set(topology.CONSUMERS)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from warriorcoder.launcher.arena import LocalArena, count_samples
+from warriorcoder.launcher.arena import count_samples
+from warriorcoder.launcher.background import BackgroundArena
 from warriorcoder.launcher.processes import free_port
 from warriorcoder.stages.aggregator.dataset import read_samples
 
@@ -87,10 +88,9 @@ def test_stop_with_ctrl_c_and_resume_loses_nothing_and_writes_nothing_twice(tmp_
 
 
 def test_a_crashed_service_is_restarted_and_the_run_completes(tmp_path: Path):
-    with LocalArena(tmp_path / "arena", battles=10) as arena:
+    with BackgroundArena(tmp_path / "arena", battles=10) as arena:
         # Killed before it could judge anything: every sample needs the restarted judge.
-        arena.procs["judge"].proc.kill()
-        arena.procs["judge"].proc.wait()
+        arena.kill("judge")
         arena.wait_for_samples(10, timeout=180)
         assert any("judge exited with code -9; restarting it" in e for e in arena.events)
         assert arena.procs["judge"].alive()

@@ -240,7 +240,8 @@ async def test_kv_bucket_creation_is_idempotent(bus, nats_url):
     cfg = NatsSettings(url=nats_url)
     nc2 = await connect(cfg)
     other = Bus(nc2, cfg, stage="judge")
-    kv1, kv2 = await asyncio.gather(bus.kv("test_bucket"), other.kv("test_bucket"))
+    bucket = subjects.KV_DEDUP  # any declared bucket
+    kv1, kv2 = await asyncio.gather(bus.kv(bucket), other.kv(bucket))
     await kv1.put("k", b"v")
     assert (await kv2.get("k")).value == b"v"
     await nc2.drain()
@@ -292,8 +293,93 @@ async def test_consumer_lag_is_exported_as_the_stream_backlog(bus):
 async def test_compare_and_set_creates_updates_and_declines(bus):
     from warriorcoder.runtime.kv import compare_and_set
 
-    kv = await bus.kv("test_cas")
+    kv = await bus.kv(subjects.KV_STATS)  # any declared bucket
     assert await compare_and_set(kv, "k", lambda v: b"1") == (None, b"1")  # created
     assert await compare_and_set(kv, "k", lambda v: (v or b"") + b"2") == (b"1", b"12")
     assert await compare_and_set(kv, "k", lambda v: None) == (b"12", None)  # left alone
     assert (await kv.get("k")).value == b"12"
+
+
+async def test_ensure_topology_creates_exactly_the_declared_streams(bus):
+    from warriorcoder.proto import topology
+
+    infos = await bus.js.streams_info()
+    declared = {s.name: s for s in topology.STREAMS if not s.optional}
+    assert {i.config.name for i in infos} == set(declared)
+    for info in infos:
+        s = declared[info.config.name]
+        assert info.config.subjects == list(s.subjects)
+        assert info.config.retention == s.retention
+        if s.dedup_window:
+            assert info.config.duplicate_window == bus.cfg.duplicate_window_s
+
+
+async def test_kv_creates_declared_buckets_only(bus):
+    from warriorcoder.proto import topology
+
+    for declared in topology.BUCKETS:
+        kv = await bus.kv(declared.name)
+        status = await kv.status()
+        assert status.bucket == declared.name
+        assert status.history == declared.history
+    with pytest.raises(KeyError):
+        await bus.kv("warriorcoder_v1_undeclared")
+
+
+async def test_update_state_migrates_today_s_values_on_a_real_bucket(bus):
+    from warriorcoder.proto.state import Cursor, RejectionCounts, decode_state
+    from warriorcoder.runtime.kv import update_state
+    from warriorcoder.stages.challenger.state import Budget, RejectionStats, ScheduleCursor
+
+    schedule = await bus.kv(subjects.KV_SCHEDULE)
+    await schedule.put(subjects.SCHEDULE_KEY, b"9")  # as the previous version stored them
+    await schedule.put(subjects.BUDGET_KEY, b"unlimited")
+    stats = await bus.kv(subjects.KV_STATS)
+    await stats.put(subjects.STATS_REJECTIONS_KEY, b'{"duplicate": 4}')
+
+    assert await asyncio.gather(*(ScheduleCursor(schedule).next() for _ in range(3))) in (
+        [9, 10, 11],
+        [9, 11, 10],
+        [10, 9, 11],
+        [10, 11, 9],
+        [11, 9, 10],
+        [11, 10, 9],
+    )
+    assert decode_state((await schedule.get(subjects.SCHEDULE_KEY)).value, Cursor) == Cursor(
+        next=12
+    )
+    assert await Budget(schedule).remaining() is None
+    await RejectionStats(stats).add("duplicate")
+    assert await RejectionStats.read(stats) == {"duplicate": 5}
+    before, after = await update_state(stats, subjects.STATS_REJECTIONS_KEY, RejectionCounts,
+                                       lambda doc: None)  # fmt: skip
+    assert before == RejectionCounts(counts={"duplicate": 5}) and after is None
+
+
+async def test_consume_leaves_no_task_behind(bus):
+    """The stop waiter, the lag watcher, handlers and their heartbeats are all finished when
+    ``consume`` returns, not merely cancelled."""
+    for i in range(3):
+        ch = challenge(text=f"Write a Python function number {i} to sort.")
+        await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+    started = asyncio.Event()
+    stop = asyncio.Event()
+    seen: list[set[asyncio.Task[object]]] = []
+
+    async def handler(c: Challenge) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never done: cancelled at the drain timeout
+
+    async def stop_when_started() -> None:
+        await started.wait()
+        seen.append(asyncio.all_tasks())
+        stop.set()
+
+    stopper = asyncio.create_task(stop_when_started())
+    before = asyncio.all_tasks()
+    await bus.consume(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge, handler,
+                      stop=stop, max_in_flight=2, drain_timeout_s=0.2)  # fmt: skip
+    # Checked right away: no turn of the event loop has run since consume returned.
+    assert asyncio.all_tasks() - before == set()
+    assert len(seen[0] - before) >= 4  # stop waiter, lag watcher, handlers, heartbeats
+    assert stopper.done()

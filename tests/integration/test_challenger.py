@@ -11,13 +11,18 @@ from warriorcoder.arena.near_dup import LshBands
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, decode
 from warriorcoder.runtime.bus import Bus, connect
-from warriorcoder.runtime.service import Deps
+from warriorcoder.runtime.stage import Deps
 from warriorcoder.runtime.triton import TritonPool
-from warriorcoder.stages.challenger.filters import Budget, DedupIndex
-from warriorcoder.stages.challenger.service import next_cursor
+from warriorcoder.stages.challenger.filters import DedupIndex
+from warriorcoder.stages.challenger.service import STAGE
 from warriorcoder.stages.challenger.service import run as run_challenger
+from warriorcoder.stages.challenger.state import Budget, next_cursor
 
 pytestmark = pytest.mark.integration
+
+
+def deps(s, bus, pool) -> Deps:
+    return Deps.build(s, STAGE.models(s), inference=pool, bus=bus)
 
 
 async def challenges_in_stream(bus: Bus) -> list[Challenge]:
@@ -42,8 +47,8 @@ async def test_backlog_stays_between_water_marks_and_challenges_are_clean(nats_u
     bus = Bus(nc, s.nats, stage="challenger")
     await bus.ensure_topology()
     stop = asyncio.Event()
-    async with TritonPool(s.models, names=s.competitors) as pool:
-        task = asyncio.create_task(run_challenger(Deps(s, bus, pool), stop))
+    async with TritonPool(s.models, names=STAGE.models(s)) as pool:
+        task = asyncio.create_task(run_challenger(deps(s, bus, pool), stop))
         await asyncio.sleep(4)  # no responder consumes: the backlog must stop growing
         settled = await bus.backlog(subjects.STREAM_CHALLENGES)
         await asyncio.sleep(1.5)
@@ -81,8 +86,8 @@ async def test_the_shared_budget_limits_mining_across_replicas(nats_url, triton_
     assert await budget.remaining() is None  # no key: no limit
     await budget.set(5)
     stop = asyncio.Event()
-    async with TritonPool(s.models, names=s.competitors) as pool:
-        tasks = [asyncio.create_task(run_challenger(Deps(s, b, pool), stop)) for b in buses]
+    async with TritonPool(s.models, names=STAGE.models(s)) as pool:
+        tasks = [asyncio.create_task(run_challenger(deps(s, b, pool), stop)) for b in buses]
         for _ in range(100):
             if await budget.remaining() == 0:
                 break
@@ -179,8 +184,8 @@ async def test_the_diversity_gate_admits_and_records_each_published_challenge(na
     await bus.ensure_topology()
     await Budget(await bus.kv(subjects.KV_SCHEDULE)).set(4)
     stop = asyncio.Event()
-    async with TritonPool(s.models, names=s.competitors) as pool:
-        task = asyncio.create_task(run_challenger(Deps(s, bus, pool), stop))
+    async with TritonPool(s.models, names=STAGE.models(s)) as pool:
+        task = asyncio.create_task(run_challenger(deps(s, bus, pool), stop))
         for _ in range(300):
             if await bus.backlog(subjects.STREAM_CHALLENGES) == 4:
                 break

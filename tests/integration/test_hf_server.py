@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,29 +21,28 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import InferRequestedOutput
 
 from warriorcoder.arena.prompts import judge_messages, response_system_prompt
-from warriorcoder.launcher.processes import ManagedProcess
+from warriorcoder.launcher.processes import ManagedProcess, start_hf_triton
+from warriorcoder.localmodels.batching import Batcher
 from warriorcoder.localmodels.hf_server import (
-    Batcher,
-    Job,
     load_model_specs,
     parse_model_specs,
     parse_request,
-    start_hf_triton,
 )
+from warriorcoder.localmodels.jobs import Completion, Job, ShuttingDown
 from warriorcoder.proto.messages import SamplingParams
+from warriorcoder.runtime.roster import backend_template
 from warriorcoder.runtime.settings import ChatTemplateSettings, ModelSettings
 from warriorcoder.runtime.templates import ChatTemplate
 from warriorcoder.runtime.triton import (
     InferenceError,
     TritonPool,
-    _bool_input,
-    _bytes_input,
     _is_final,
     classify_in_band,
+    infer_request,
 )
+from warriorcoder.runtime.vllm import SAMPLING_REJECTED, TEXT_OUTPUT, decode_outputs, encode_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def _tensors(**values: Any) -> dict[str, np.ndarray]:
 
 
 def test_parse_request_follows_the_vllm_contract():
-    sp = {"temperature": 0, "max_tokens": 3, "guided_decoding": {"choice": VERDICTS}}
+    sp = {"temperature": 0, "max_tokens": 3, "guided_decoding": json.dumps({"choice": VERDICTS})}
     req = parse_request(_tensors(text_input="hi", sampling_parameters=json.dumps(sp)))
     assert req.job == Job("hi", {"temperature": 0, "max_tokens": 3}, tuple(VERDICTS))
     assert req.prepend and not req.stream  # exclude_input_in_output absent: prompt echoed
@@ -78,9 +78,10 @@ def test_parse_request_follows_the_vllm_contract():
         (_tensors(text_input="hi", stream=True, exclude_input_in_output=False), "streaming"),
         (sampling("{"), "invalid JSON"),
         (sampling('{"top_p": 0}'), "top_p"),
-        (sampling('{"guided_decoding": {"choice": []}}'), "guided_decoding"),
-        (sampling('{"guided_decoding": {"choice": [""]}}'), "guided_decoding"),
-        (sampling('{"guided_decoding": {"json": {}}}'), "guided_decoding"),
+        (sampling(json.dumps({"guided_decoding": '{"choice": []}'})), "guided_decoding"),
+        (sampling(json.dumps({"guided_decoding": '{"choice": [""]}'})), "guided_decoding"),
+        (sampling(json.dumps({"guided_decoding": '{"json": {}}'})), "guided_decoding"),
+        (sampling('{"guided_decoding": {"choice": ["a"]}}'), "guided_decoding"),  # nested
         (_tensors(stream=False), "text_input"),
     ]
     for data, message in bad:
@@ -126,11 +127,41 @@ async def test_batcher_groups_concurrent_requests():
             *(batcher.submit(Job(p)) for p in prompts), return_exceptions=True
         )
     finally:
-        batcher.close()
+        await batcher.aclose()
     assert results[:9] == [[p.upper()] for p in prompts[:9]]
     assert isinstance(results[9], ValueError)
     assert sorted(p for batch in seen for p in batch) == sorted(prompts)
     assert max(len(b) for b in seen) == 4 and len(seen) == 3  # 10 requests, at most 4 a batch
+
+
+@pytest.mark.parametrize("from_thread", [False, True])
+async def test_closing_the_batcher_cancels_and_awaits_its_task(from_thread: bool):
+    release = threading.Event()
+
+    def run(jobs):
+        release.wait(5)  # a batch still running when the server stops
+        return [[j.prompt] for j in jobs]
+
+    batcher = Batcher("fake", run, max_batch_size=1, wait_s=0)
+    running = asyncio.ensure_future(batcher.submit(Job("running")))
+    queued = asyncio.ensure_future(batcher.submit(Job("queued")))
+    await asyncio.sleep(0.05)
+    task = batcher._task
+    assert task is not None and not task.done()
+    try:
+        if from_thread:  # as the server's on_stop hook does, from the main thread
+            await asyncio.to_thread(batcher.close)
+        else:
+            await batcher.aclose()
+    finally:
+        release.set()
+    assert task.cancelled()
+    for fut in (running, queued):
+        with pytest.raises(ShuttingDown):
+            await fut
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(Job("late"))
+    await batcher.aclose()  # idempotent
 
 
 # ------------------------------------------------------------------ fixtures
@@ -200,19 +231,30 @@ def template(model: Any) -> ChatTemplate:
     return ChatTemplate.from_settings(ChatTemplateSettings(file=str(model.tokenizer_config)))
 
 
+def sent(model: Any) -> ChatTemplate:
+    """The template as the arena's stages render prompts for the backend (the roster's)."""
+    return backend_template(template(model), tokenizer_adds_bos=True)
+
+
 def answer_prompt(model: Any) -> str:
-    return template(model).conversation(response_system_prompt("Python"), QUESTION)
+    return sent(model).conversation(response_system_prompt("Python"), QUESTION)
 
 
 def judge_prompt(model: Any) -> str:
     messages = judge_messages(QUESTION, "Use a loop.\n```python\n...\n```", "Recursion works.")
-    return template(model).render(messages, add_generation_prompt=True)
+    return sent(model).render(messages, add_generation_prompt=True)
 
 
-def expected(engine: Any, prompt: str, params: dict[str, Any], choices: Any = None) -> list[str]:
+def completions(
+    engine: Any, prompt: str, params: dict[str, Any], choices: Any = None
+) -> list[Completion]:
     [out] = engine.run_batch([Job(prompt, params, tuple(choices) if choices else None)])
     assert not isinstance(out, Exception), out
     return list(out)
+
+
+def expected(engine: Any, prompt: str, params: dict[str, Any], choices: Any = None) -> list[str]:
+    return [c.text for c in completions(engine, prompt, params, choices)]
 
 
 async def raw_infer(
@@ -225,16 +267,8 @@ async def raw_infer(
     exclude_input: bool | None = True,
 ) -> list[list[str]]:
     """Each response's ``text_output`` entries, by tritonclient directly (the final one too)."""
-    inputs = [_bytes_input("text_input", prompt), _bool_input("stream", stream)]
-    inputs.append(_bytes_input("sampling_parameters", json.dumps(sp)))
-    if exclude_input is not None:
-        inputs.append(_bool_input("exclude_input_in_output", exclude_input))
-    request = {
-        "model_name": model,
-        "inputs": inputs,
-        "outputs": [InferRequestedOutput("text_output")],
-        "request_id": "raw",
-    }
+    inputs = encode_inputs(prompt, sp, stream=stream, exclude_input_in_output=exclude_input)
+    request = infer_request(model, inputs, "raw")
 
     async def requests() -> AsyncIterator[dict[str, Any]]:
         yield request
@@ -245,8 +279,7 @@ async def raw_infer(
         async for result, error in client.stream_infer(requests(), stream_timeout=120):
             if error is not None:
                 raise classify_in_band(model, str(error.message()))
-            arr = result.as_numpy("text_output")
-            responses.append([] if arr is None else [x.decode() for x in arr.reshape(-1)])
+            responses.append(decode_outputs(result.as_numpy(TEXT_OUTPUT)))
             if _is_final(result):
                 break
     finally:
@@ -290,7 +323,8 @@ async def test_greedy_max_tokens_matches_transformers_generate(hf_url, demo_mode
     async with hf_pool(hf_url, demo_models) as pool:
         for m in demo_models:
             engine, prompt = engines[m.name], answer_prompt(m)
-            ids = engine.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+            # tokenized as vLLM tokenizes a text prompt: with special tokens
+            ids = engine.tokenizer(prompt, add_special_tokens=True, return_tensors="pt").input_ids
             config = GenerationConfig(
                 do_sample=False,
                 max_new_tokens=5,
@@ -364,12 +398,67 @@ async def test_guided_choice_returns_the_most_likely_choice(hf_url, demo_models,
             assert picks[0] == VERDICTS[scores.index(max(scores))], scores
 
 
+def test_exactly_one_bos_reaches_the_model(engines, demo_models):
+    """The server tokenizes as vLLM (special tokens added); the arena sends no BOS of its own."""
+    for m in demo_models:
+        engine = engines[m.name]
+        tok, bos = engine.tokenizer, engine.tokenizer.bos_token_id
+        before = template(m).conversation(response_system_prompt("Python"), QUESTION)
+        ids = engine._encode_prompt(Job(answer_prompt(m)))  # the prompt the arena sends now
+        if bos is None:  # demo-qwen: Qwen's tokenizer has no BOS, its template none either
+            assert answer_prompt(m) == before
+            assert tok("x")["input_ids"] == tok("x", add_special_tokens=False)["input_ids"]
+            continue
+        assert tok("x")["input_ids"][0] == bos  # adds its BOS, as the real Llama/DeepSeek ones
+        assert ids[0] == bos and ids.count(bos) == 1
+        doubled = engine._encode_prompt(Job(before))  # the prompt the arena used to send
+        assert doubled[:2] == [bos, bos] and doubled.count(bos) == 2
+        # ... which the old server, tokenizing without special tokens, hid:
+        assert tok(before, add_special_tokens=False)["input_ids"].count(bos) == 1
+    assert sum(engines[m.name].tokenizer.bos_token_id is not None for m in demo_models) == 2
+
+
+def test_the_engine_reports_finish_reason_and_tokens_as_vllm(engines, demo_models):
+    engine, prompt = engines[demo_models[1].name], answer_prompt(demo_models[1])
+    params = {"temperature": 1.0, "max_tokens": 60, "seed": 3, "ignore_eos": True}
+    [cut] = completions(engine, prompt, {**params, "max_tokens": 7})
+    assert (cut.finish_reason, cut.tokens) == ("length", 7)
+    [full] = completions(engine, prompt, params)
+    words = re.findall(r"[A-Za-z]{2,}", full.text[10:])
+    assert words, full
+    [stopped] = completions(engine, prompt, {**params, "stop": [words[0]]})
+    assert stopped.finish_reason == "stop" and 0 < stopped.tokens < 60
+    [pick] = completions(engine, judge_prompt(demo_models[1]), {}, VERDICTS)
+    ids = engine.tokenizer(pick.text, add_special_tokens=False)["input_ids"]
+    assert (pick.finish_reason, pick.tokens) == ("stop", len(ids))
+
+
+async def test_finish_reason_and_tokens_come_back_through_the_client(hf_url, demo_models, engines):
+    m = demo_models[2]
+    prompt = answer_prompt(m)
+    async with hf_pool(hf_url, demo_models) as pool:
+        for max_tokens in (3, 9):
+            sp = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=max_tokens, seed=4)
+            gen = await pool.generate(m.name, prompt, sp, role="response")
+            params = {"temperature": 1.0, "top_p": 0.95, "max_tokens": max_tokens, "seed": 4}
+            [want] = completions(engines[m.name], prompt, params)
+            assert (gen.text, gen.finish_reason, gen.output_tokens) == (
+                want.text,
+                want.finish_reason,
+                want.tokens,
+            )
+            assert want.finish_reason == ("length" if want.tokens == max_tokens else "stop")
+        sp = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=64)
+        pick = await pool.generate(m.name, judge_prompt(m), sp, choices=VERDICTS, role="judge")
+    assert pick.text in VERDICTS and pick.finish_reason == "stop" and pick.output_tokens
+
+
 def loglik(engine: Any, prompt: str, choice: str) -> float:
     """log p(choice | prompt), one unpadded sequence at a time (independent of the batching)."""
     import torch
 
     tok = engine.tokenizer
-    head = tok(prompt, add_special_tokens=False).input_ids
+    head = tok(prompt, add_special_tokens=True).input_ids  # as the server (and vLLM) does
     tail = tok(choice, add_special_tokens=False).input_ids
     ids = torch.tensor([head + tail])
     with torch.inference_mode():
@@ -388,7 +477,7 @@ async def test_stream_echo_and_n_follow_the_vllm_contract(hf_url, demo_models):
     assert echoed == prompt + text
     [[one, two], *_] = await raw_infer(hf_url, m.name, prompt, {**sp, "n": 2})
     assert one == text and two != text  # n samples: seed, seed + 1
-    guided = {"guided_decoding": {"choice": VERDICTS}, "n": 2}
+    guided = {"guided_decoding": json.dumps({"choice": VERDICTS}), "n": 2}
     [picks, *_] = await raw_infer(hf_url, m.name, judge_prompt(m), guided)
     assert len(picks) == 2 and picks[0] == picks[1] in VERDICTS
 
@@ -432,12 +521,14 @@ async def test_bad_requests_are_not_retryable(hf_url, demo_models):
         with pytest.raises(InferenceError, match="guided_decoding") as info:
             await raw_infer(hf_url, m.name, "hello", sp)
         assert not info.value.retryable
-    # Rejected in-band; the client's classify_in_band has no permanent phrase for "unknown
-    # sampling parameter" yet (the scripted server's message is the same), so only the text counts.
-    with pytest.raises(InferenceError, match="beam_width: unknown sampling parameter"):
+    # Rejected in-band with the real backend's text (the cause in parentheses): permanent.
+    with pytest.raises(InferenceError, match="beam_width: unknown sampling parameter") as info:
         await raw_infer(hf_url, m.name, "hello", {"beam_width": 2})
+    assert not info.value.retryable and SAMPLING_REJECTED in str(info.value)
+    # An empty text is no tokens only for a tokenizer that adds no BOS (Qwen's); with a BOS it is
+    # one token, as in vLLM.
     with pytest.raises(InferenceError, match="empty") as info:
-        await raw_infer(hf_url, m.name, "", {"max_tokens": 4})
+        await raw_infer(hf_url, demo_models[0].name, "", {"max_tokens": 4})
     assert not info.value.retryable
 
 

@@ -12,16 +12,18 @@ import pytest
 from tests.helpers import arena_settings, battle, challenge, judgement
 from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Battle, Judgement, Ratings, Sample, decode
+from warriorcoder.proto.messages import Battle, Judgement, Sample, decode
+from warriorcoder.proto.state import Ratings
 from warriorcoder.runtime.bus import Bus, connect
-from warriorcoder.runtime.service import Deps
+from warriorcoder.runtime.stage import Deps
 from warriorcoder.runtime.triton import TritonPool
+from warriorcoder.stages import load
 from warriorcoder.stages.aggregator.dataset import ShardWriter, read_samples
 from warriorcoder.stages.aggregator.ratings import RatingsStore
-from warriorcoder.stages.aggregator.service import make_handler as aggregator_handler
-from warriorcoder.stages.judge.service import make_handler as judge_handler
+from warriorcoder.stages.aggregator.service import make_handler as make_aggregator_handler
+from warriorcoder.stages.judge.service import make_handler as make_judge_handler
 from warriorcoder.stages.judge.service import orders_for
-from warriorcoder.stages.responder.service import make_handler as responder_handler
+from warriorcoder.stages.responder.service import make_handler as make_responder_handler
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +40,24 @@ async def deps_factory(nats_url, triton_url):
         pool = TritonPool(s.models)
         await pool.__aenter__()
         made.append((nc, pool))
-        return Deps(settings=s, bus=bus, triton=pool)
+        return Deps.build(s, load(stage).models(s), inference=pool, bus=bus)
 
     yield make
     for nc, pool in made:
         await pool.__aexit__(None, None, None)
         await nc.drain()
+
+
+def responder_handler(deps: Deps):
+    return make_responder_handler(deps.roster, deps.inference, deps.publisher)
+
+
+def judge_handler(deps: Deps):
+    return make_judge_handler(deps.settings, deps.roster, deps.inference, deps.publisher)
+
+
+def aggregator_handler(deps: Deps, store: RatingsStore, writer: ShardWriter):
+    return make_aggregator_handler(deps.settings.scoring, store, writer, deps.publisher)
 
 
 async def next_message(bus: Bus, subject: str, type_):
@@ -129,8 +143,9 @@ async def test_redelivered_judgement_counts_once(deps_factory, tmp_path: Path):
     await writer.close()
 
     doc = decode((await kv.get(subjects.RATINGS_KEY)).value, Ratings)
-    # E = 0.5; 40*(0.5) + 40*(0.5) + 40*(0) = +40 once, not three times
-    assert doc.ratings == {"alpha": 1040.0, "beta": 960.0}
+    # Votes in order (hand-checked in tests/unit/test_scoring.py): 1000 -> 1020 -> 1037.70753
+    # -> 1033.43321 for alpha, applied once, not three times
+    assert doc.ratings == pytest.approx({"alpha": 1033.4332139, "beta": 966.5667861})
     assert doc.battles == 1
     [sample] = read_samples(tmp_path)
     assert sample.winner == "alpha" and sample.winner_role == "attacker"

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+import tritonclient.grpc.aio as grpcclient
 
 from tests.helpers import arena_settings
 from warriorcoder.arena.prompts import challenge_system_prompt, response_system_prompt
 from warriorcoder.launcher.processes import free_port
 from warriorcoder.proto.messages import SamplingParams
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.settings import ModelSettings
+from warriorcoder.runtime.settings import ConfigError, ModelSettings
 from warriorcoder.runtime.templates import ChatTemplate
 from warriorcoder.runtime.triton import (
     InferenceError,
     InferenceTimeout,
     RetryableInferenceError,
     TritonPool,
+    _is_final,
+    classify_in_band,
+    infer_request,
 )
+from warriorcoder.runtime.vllm import SAMPLING_REJECTED, encode_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +115,83 @@ async def test_unconfigured_model_name():
     async with TritonPool(arena_settings().models, names=[]) as pool:
         with pytest.raises(InferenceError, match="not configured"):
             await pool.generate("alpha", "x", SP, role="judge")
+
+
+ANSWER = ChatTemplate.preset("chatml").conversation(response_system_prompt("Python"), "Reverse.")
+VERDICTS = ["[[A]]", "[[B]]", "[[Tie]]"]
+
+
+async def test_finish_reason_and_token_count_come_back_from_the_backend(triton_url):
+    cut = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=5)
+    whole = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=1000)
+    before = _tokens("alpha", "response")
+    async with pool_for(triton_url) as pool:
+        short = await pool.generate("alpha", ANSWER, cut, role="response")
+        full = await pool.generate("alpha", ANSWER, whole, role="response")
+    assert (short.finish_reason, short.output_tokens, short.truncated) == ("length", 5, True)
+    assert full.finish_reason == "stop" and not full.truncated
+    assert full.output_tokens == len(full.text.split()) > 5
+    assert _tokens("alpha", "response") == before + 5 + full.output_tokens
+
+
+async def test_a_backend_before_24_12_is_not_asked_for_the_extra_outputs(triton_url):
+    sp = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=5)
+    async with pool_for(triton_url, old={"triton_model": "alpha", "vllm_release": "24.11"}) as pool:
+        gen = await pool.generate("old", ANSWER, sp, role="response")
+    assert gen.text and gen.finish_reason is None and gen.output_tokens is None
+
+
+@pytest.mark.parametrize("release", ["25.10", "25.11"])
+async def test_guided_choice_over_the_wire_for_each_release(triton_url, release):
+    sp = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=64)
+    changes = {"triton_model": "alpha", "guided_choice": True, "vllm_release": release}
+    async with pool_for(triton_url, judge=changes) as pool:
+        gen = await pool.generate("judge", "Pick one.", sp, choices=VERDICTS, role="judge")
+    assert gen.text in VERDICTS and gen.finish_reason == "stop"
+
+
+def test_guided_choice_needs_a_release_with_guided_decoding():
+    with pytest.raises(ConfigError, match=r"25\.01"):
+        pool_for("127.0.0.1:1", judge={"guided_choice": True, "vllm_release": "24.12"})
+
+
+async def test_the_nested_guided_object_is_a_permanent_error(triton_url):
+    """What the client used to send: the real backend refuses it (json.loads of a dict)."""
+    nested = {"max_tokens": 8, "guided_decoding": {"choice": VERDICTS}}
+    with pytest.raises(InferenceError) as info:
+        await _raw("alpha", triton_url, nested)
+    assert not info.value.retryable
+    assert SAMPLING_REJECTED in str(info.value)
+    as_string = {"max_tokens": 8, "guided_decoding": json.dumps({"choice": VERDICTS})}
+    assert await _raw("alpha", triton_url, as_string) in VERDICTS
+
+
+async def _raw(model: str, url: str, sampling: dict) -> str:
+    request = infer_request(model, encode_inputs("Pick one.", sampling), "raw")
+
+    async def requests():
+        yield request
+
+    client = grpcclient.InferenceServerClient(url)
+    text = ""
+    try:
+        async for result, error in client.stream_infer(requests(), stream_timeout=30):
+            if error is not None:
+                raise classify_in_band(model, str(error.message()))
+            text += "".join(x.decode() for x in result.as_numpy("text_output").reshape(-1))
+            if _is_final(result):
+                break
+    finally:
+        await client.close()
+    return text
+
+
+def _tokens(model: str, role: str) -> float:
+    for m in metrics.GENERATED_TOKENS.collect():
+        for s in m.samples:
+            if s.name.endswith("_total") and s.labels == {"model": model, "role": role}:
+                return s.value
+    return 0.0
 
 
 def _count(model: str, outcome: str) -> float:

@@ -184,12 +184,53 @@ def test_bt_ties_count_as_half_a_win_each():
     assert bt["a"] - bt["b"] == pytest.approx(400 * math.log10(2), abs=1e-3)
 
 
-def test_bt_with_an_undefeated_model_stays_finite():
-    bt = bradley_terry(games("a", "b", 4, 0) + games("b", "c", 2, 2))
-    assert all(math.isfinite(r) for r in bt.values())
-    assert bt["a"] > bt["b"] + 1000
-    assert bt["b"] == pytest.approx(bt["c"], abs=0.01)  # the L2 term's pull, ~1e-3
-    assert sum(bt.values()) / 3 == pytest.approx(1000)
+def test_bt_reports_an_undefeated_model_as_unbounded_not_as_a_penalty_artefact():
+    # a beat b 4-0 and never met c; b and c split 2-2. No finite MLE: a drifts up, {b, c} down.
+    votes = games("a", "b", 4, 0) + games("b", "c", 2, 2)
+    bt = bradley_terry(votes)
+    assert bt["a"] == math.inf
+    assert bt["b"] == bt["c"] == -math.inf
+    # Whatever the regulariser, nothing finite is reported for them.
+    assert bradley_terry(votes, l2=1e-3) == bt
+    rows = leaderboard(votes, bootstrap_n=50, seed=0)
+    assert (rows[0].model, rows[0].bt_status) == ("a", "above")
+    assert {r.bt_status for r in rows[1:]} == {"below"}
+    data = rows_to_json(rows)
+    assert data["a"]["bt"] is None and data["a"]["bt_status"] == "above"
+    assert format_table(rows).splitlines()[1].split()[2] == "+inf"
+
+
+def test_bt_single_pair_five_nil_is_unbounded_with_infinite_intervals():
+    votes = games("a", "b", 5, 0)
+    assert bradley_terry(votes) == {"a": math.inf, "b": -math.inf}
+    ci = bootstrap(votes, n=100, seed=0)
+    # Every resample is 5-0 too: the intervals are the infinities themselves.
+    assert ci == {"a": (math.inf, math.inf), "b": (-math.inf, -math.inf)}
+
+
+def test_bt_ties_only_is_finite_and_exact():
+    votes = games("a", "b", 0, 0, 5)
+    rows = leaderboard(votes, bootstrap_n=100, seed=0)
+    assert [r.bt_status for r in rows] == ["finite", "finite"]
+    for r in rows:
+        assert r.bt == pytest.approx(1000, abs=1e-9)
+        assert (r.bt_lower, r.bt_upper) == (pytest.approx(1000), pytest.approx(1000))
+
+
+def test_bt_middle_of_a_chain_is_undetermined():
+    # a > b > c, each 3-0: the order is known, no rating is.
+    bt = bradley_terry(games("a", "b", 3, 0) + games("b", "c", 3, 0))
+    assert bt["a"] == math.inf and bt["c"] == -math.inf and math.isnan(bt["b"])
+
+
+def test_bt_separation_shows_in_the_intervals_of_a_close_call():
+    # a beat b 36-4: 0.9^40 = 1.5% of resamples are 40-0 (unbounded), fewer than 2.5%, so the
+    # interval stays finite; at 19-1, 0.95^20 = 36% of resamples are 20-0: it reaches infinity.
+    close = bootstrap(games("a", "b", 36, 4), n=2000, seed=1)
+    assert all(math.isfinite(x) for pair in close.values() for x in pair)
+    lopsided = bootstrap(games("a", "b", 19, 1), n=2000, seed=1)
+    assert lopsided["a"][1] == math.inf and lopsided["b"][0] == -math.inf
+    assert math.isfinite(lopsided["a"][0])
 
 
 def test_bt_of_no_votes_is_empty():
@@ -250,7 +291,7 @@ def test_leaderboard_rows_and_table():
     assert len(table.splitlines()) == 4
     data = rows_to_json(rows)
     assert list(data) == ["a", "b", "c"]
-    assert set(data["a"]) == {"elo", "bt", "bt_lower", "bt_upper", "votes"}
+    assert set(data["a"]) == {"elo", "bt", "bt_lower", "bt_upper", "votes", "bt_status"}
 
 
 def test_leaderboard_without_bootstrap_has_no_intervals():
@@ -289,7 +330,8 @@ def test_ratings_command_prints_the_table(tmp_path: Path, capsys):
 
 
 def test_ratings_command_json(tmp_path: Path, capsys):
-    path = write_votes(tmp_path / "v.jsonl", games("a", "b", 3, 1) + games("b", "c", 2, 2))
+    # 30-10 (not 3-1: a quarter of 3-1 resamples are 4-0, which would make the interval infinite)
+    path = write_votes(tmp_path / "v.jsonl", games("a", "b", 30, 10) + games("b", "c", 20, 20))
     assert (
         run_cli(["ratings", "--votes", str(path), "--bootstrap", "20", "--seed", "3", "--json"])
         == 0
@@ -297,8 +339,9 @@ def test_ratings_command_json(tmp_path: Path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert list(data) == ["a", "b", "c"] or list(data) == ["a", "c", "b"]
     assert data["a"]["bt"] - data["b"]["bt"] == pytest.approx(400 * math.log10(3), abs=1e-3)
-    assert data["a"]["votes"] == 4 and data["b"]["votes"] == 8
+    assert data["a"]["votes"] == 40 and data["b"]["votes"] == 80
     assert data["a"]["bt_lower"] <= data["a"]["bt"] <= data["a"]["bt_upper"]
+    assert data["a"]["bt_status"] == "finite"
 
 
 def test_ratings_command_errors_are_one_line_with_exit_2(tmp_path: Path, capsys):

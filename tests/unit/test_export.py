@@ -316,6 +316,30 @@ def test_export_command_errors_exit_2(tmp_path: Path, capsys, argv, message):
     assert err.startswith("warriorcoder: ") and message in err and err.count("\n") == 1
 
 
+def test_export_command_takes_the_arena_data_dir_of_up(tmp_path: Path, samples, capsys):
+    """`up --data-dir DIR` and `export --data-dir DIR` take the same DIR (shards in DIR/samples)."""
+    arena = tmp_path / "arena-data"
+    (arena / "samples").mkdir(parents=True)
+    (arena / "nats").mkdir()
+    (arena / "samples" / "samples-w-00000.jsonl").write_bytes(
+        b"".join(encode(s) + b"\n" for s in samples)
+    )
+    out = tmp_path / "sft.jsonl"
+    assert run_cli(["export", "--format", "sft", "--out", str(out), "--data-dir", str(arena)]) == 0
+    assert f"from 3 samples ({arena / 'samples'})" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_export_command_fails_when_the_source_holds_no_samples(tmp_path: Path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "sft.jsonl"
+    assert run_cli(["export", "--format", "sft", "--out", str(out), "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"no samples in {empty}" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_export_command_needs_exactly_one_source(tmp_path: Path):
     with pytest.raises(SystemExit):
         run_cli(["export", "--format", "sft", "--out", str(tmp_path / "x.jsonl")])

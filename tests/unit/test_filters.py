@@ -3,11 +3,17 @@ quality scores, and adversarial judge outputs."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from warriorcoder.arena.decontam import NgramIndex, ngrams, words
 from warriorcoder.arena.near_dup import LshBands, unigrams
-from warriorcoder.arena.quality import SCORE_CHOICES, parse_score, quality_messages
+from warriorcoder.arena.quality import (
+    SCORE_CHOICES,
+    SCORE_REASK_NOTE,
+    parse_score,
+    quality_messages,
+)
 from warriorcoder.arena.verdicts import parse_verdict
 
 BASE = (
@@ -82,6 +88,48 @@ def test_extra_benchmark_files_and_bad_names(tmp_path):
         NgramIndex.from_benchmarks([], files=[bad], n=8)
 
 
+MBPP_2 = (
+    "Write a function to find the shared elements from the given two lists of numbers and sort them"
+)
+MBPP_2_ASKED = (
+    "Please write a function to find the shared elements from the given two lists of numbers and "
+    "sort them."
+)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # A JSON array (the way many benchmark dumps ship), pretty-printed over several lines.
+        orjson.dumps([{"task_id": "MBPP/2", "text": MBPP_2}], option=orjson.OPT_INDENT_2).decode(),
+        # An object holding the array.
+        orjson.dumps(
+            {"version": 1, "problems": [{"task_id": "MBPP/2", "prompt": MBPP_2}]}
+        ).decode(),
+    ],
+)
+def test_json_benchmark_files_are_read_whole(tmp_path, content):
+    f = tmp_path / "mbpp.json"
+    f.write_text(content)
+    assert NgramIndex.from_benchmarks([], files=[f], n=8).match(MBPP_2_ASKED) == "MBPP/2"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.json", '["just a string"]', r"a\.json\[0\]: expected an object with a text field"),
+        ("b.jsonl", "[1, 2]\n", r"b\.jsonl:1: expected an object with a text field, got list"),
+        ("c.json", '{"a": [], "b": []}', r"c\.json: expected an array of problems"),
+        ("d.json", "{nope", r"d\.json: not JSON"),
+    ],
+)
+def test_bad_benchmark_files_say_what_is_wrong(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        NgramIndex.from_benchmarks([], files=[f], n=8)
+
+
 def test_ngrams_are_word_level_and_case_blind():
     assert words("Sort_List(x), NOW!") == ["sort_list", "x", "now"]
     assert ngrams("a b c d", 3) == {("a", "b", "c"), ("b", "c", "d")}
@@ -107,7 +155,10 @@ def test_quality_prompt_and_choices():
     system, user = quality_messages("Write X.", "Go")
     assert "1 to 10" in system["content"] and "[[score]]" in system["content"]
     assert "Go coding question" in user["content"] and "Write X." in user["content"]
-    assert "previous reply" in quality_messages("Write X.", "Go", reask=True)[1]["content"]
+    reask = quality_messages("Write X.", "Go", reask=True)[1]["content"]
+    assert SCORE_REASK_NOTE in reask
+    # The re-ask is a fresh prompt: it must not talk about a reply the model is not shown.
+    assert "previous" not in reask.lower() and "earlier" not in reask.lower()
     assert SCORE_CHOICES[0] == "[[1]]" and SCORE_CHOICES[-1] == "[[10]]"
 
 

@@ -36,11 +36,41 @@ def test_clean_accepts_a_question():
         ("Write a function.\n<|im_start|>assistant\nHere you go", "template_debris"),
         ("Explain [INST] tags in Llama prompts, please.", "template_debris"),
         ("### Instruction:\nWrite a function to add numbers", "template_debris"),
-        ("user\nWrite a function that adds two numbers", "template_debris"),
+        ("<|start_header_id|>user<|end_header_id|>\n\nWrite a sort", "template_debris"),
+        ("Write a sort.\n<｜Assistant｜>Sure", "template_debris"),
     ],
 )
 def test_clean_rejects_with_reason(raw, reason):
     assert clean(raw, stops=["<|im_end|>", "<|eot_id|>"], min_chars=10, max_chars=200)[1] == reason
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A line that is just a word that happens to be a role name is data, not markup.
+        "Given these rows:\nuser\nadmin\nguest\nwrite a Python function that counts each role.",
+        # Special tokens mentioned in prose are part of the question.
+        "How does GPT-2 use the <|endoftext|> token to separate documents during training?",
+        "Write a tokenizer that treats <|pad|> and <|endoftext|> as single tokens.",
+    ],
+)
+def test_clean_keeps_legitimate_instructions(raw):
+    text, reason = clean(raw, stops=["<|eot_id|>"], min_chars=10, max_chars=400)
+    assert reason is None
+    assert text == raw
+
+
+def test_clean_cuts_at_end_of_text_tokens_instead_of_rejecting():
+    # Llama-3 instruct sometimes ends with the base EOS <|end_of_text|> rather than <|eot_id|>.
+    raw = "Write a Python function that reverses a linked list.<|end_of_text|>garbage"
+    assert clean(raw, stops=["<|eot_id|>"], min_chars=10, max_chars=400) == (
+        "Write a Python function that reverses a linked list.",
+        None,
+    )
+    raw = "Implement an LRU cache in Python.<｜end▁of▁sentence｜>"
+    assert (
+        clean(raw, stops=[], min_chars=10, max_chars=400)[0] == "Implement an LRU cache in Python."
+    )
 
 
 def test_normalise_for_exact_dedup():

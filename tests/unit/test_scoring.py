@@ -33,19 +33,37 @@ def test_tally_and_local_score():
     assert local_score([]) is None
 
 
-def test_elo_update_per_vote_with_pre_battle_expectation():
-    # E = 0.5; deltas 40*(1-0.5) + 40*(1-0.5) + 40*(0.5-0.5) = 40
-    assert elo_update(1000, 1000, ["attacker", "attacker", "tie"]) == (1040, 960)
+def test_elo_update_one_vote_at_a_time_in_arrival_order():
+    a, b = elo_update(1000, 1000, ["attacker", "attacker", "tie"])
+    # vote 1: E = 0.5, +40*(1-0.5) = +20 -> 1020 / 980
+    # vote 2: E = 1/(1+10^(-40/400)) = 1/(1+0.7943282) = 0.5573116, +40*(1-0.5573116) = +17.70754
+    #         -> 1037.70753 / 962.29247
+    # vote 3: E = 1/(1+10^(-75.41507/400)) = 1/(1+0.6478319) = 0.6068580,
+    #         40*(0.5-0.6068580) = -4.27432 -> 1033.43321 / 966.56679
+    assert a == pytest.approx(1033.4332139, abs=1e-6)
+    assert b == pytest.approx(966.5667861, abs=1e-6)
+    assert a + b == pytest.approx(2000)
     # E = 0.759746927; one vote for B: 40 * (0 - 0.759746927) = -30.38987708
     a, b = elo_update(1200, 1000, ["defender"])
     assert a == pytest.approx(1169.61012292, abs=1e-6)
     assert b == pytest.approx(1030.38987708, abs=1e-6)
 
 
-def test_elo_update_uses_the_same_expectation_for_every_vote():
-    # Sequential re-evaluation would give a different second delta; the paper's E is pre-battle.
+def test_elo_update_recomputes_the_expectation_after_every_vote():
+    # The second vote sees 1020 vs 980: E = 0.5573116, so it moves 17.70754, not another 20.
     a, b = elo_update(1000, 1000, ["attacker", "attacker"])
-    assert (a, b) == (1040, 960)
+    assert a == pytest.approx(1037.7075346, abs=1e-6)
+    assert b == pytest.approx(962.2924654, abs=1e-6)
+
+
+def test_live_and_exported_votes_give_the_same_ratings():
+    """One battle's votes through elo_update equal the same votes replayed one by one."""
+    votes = ["attacker", "defender", "tie", "invalid", "attacker"]
+    battle = elo_update(1111.0, 987.0, votes)
+    a, b = 1111.0, 987.0
+    for v in votes:
+        a, b = elo_update(a, b, [v])
+    assert battle == (a, b)
 
 
 def test_elo_update_is_zero_sum_and_skips_invalid():

@@ -23,6 +23,7 @@ from warriorcoder.arena.prompts import (
     judge_messages,
     response_system_prompt,
 )
+from warriorcoder.runtime.vllm import Returns
 from warriorcoder.testing.scripted import (
     LOW_QUALITY_EVERY,
     MINING_PHRASE,
@@ -35,6 +36,7 @@ from warriorcoder.testing.scripted import (
     parse_models,
     quality_of,
     role_of,
+    sample,
     stream_chunks,
     validate_sampling_params,
 )
@@ -415,8 +417,64 @@ def test_respond_follows_vllm_backend_semantics() -> None:
     assert ts.respond(model, data, {"max_tokens": 2}) == [["Here is"]]
 
 
-def test_triton_env_puts_libdir_first() -> None:
+@pytest.mark.parametrize(
+    ("text", "params", "expected"),
+    [
+        ("a b c d", {"max_tokens": 2}, ("a b", "length", 2)),
+        ("a b", {"max_tokens": 2}, ("a b", "stop", 2)),  # ended on its own at the limit
+        ("a b  ", {"max_tokens": 2}, ("a b", "stop", 2)),
+        ("a b c", {"max_tokens": 5}, ("a b c", "stop", 3)),
+        ("a b STOP c d", {"max_tokens": 10, "stop": "STOP"}, ("a b ", "stop", 3)),
+        ("a b c STOP d", {"max_tokens": 2, "stop": "STOP"}, ("a b", "length", 2)),
+        ("a b c d e", {"max_tokens": 4, "stop": "c d"}, ("a b ", "stop", 3)),
+    ],
+)
+def test_sample_reports_finish_reason_and_tokens_as_vllm(
+    text: str, params: dict[str, Any], expected: tuple[str, str, int]
+) -> None:
+    done = sample(text, params)
+    assert (done.text, done.finish_reason, done.tokens) == expected
+    assert done.text == apply_sampling(text, params)
+
+
+def test_respond_returns_finish_reason_and_token_counts_when_asked() -> None:
     ts = pytest.importorskip("warriorcoder.testing.scripted_server")
+    model = ScriptedModel(name="alpha", strength=9)
+    prompt = answer_prompt()
+    full = answer_of(9)
+    flags = {"return_finish_reason": True, "return_num_output_tokens": True}
+    sp = {"max_tokens": 3}
+    data = _request(prompt, sampling_parameters=sp, exclude_input_in_output=True, **flags)
+    returns, [[cut]] = ts.completions(model, data)
+    assert returns.finish_reason and returns.num_output_tokens
+    assert (cut.finish_reason, cut.tokens) == ("length", 3)
+    data = _request(prompt, sampling_parameters={"max_tokens": 1000}, stream=True, **flags)
+    returns, streamed = ts.completions(model, data)
+    assert [r[0].finish_reason for r in streamed][:-1] == ["None"] * (len(streamed) - 1)
+    assert streamed[-1][0].finish_reason == "stop"
+    assert sum(r[0].tokens for r in streamed) == len(full.split())
+    plain = _request(prompt, sampling_parameters={"max_tokens": 3})
+    assert ts.completions(model, plain)[0] == Returns()
+
+
+def test_respond_parses_guided_choice_as_the_real_backend() -> None:
+    """The backend json.loads the guided value: a JSON string is read, a nested object refused."""
+    ts = pytest.importorskip("warriorcoder.testing.scripted_server")
+    model = ScriptedModel(name="alpha", strength=9)
+    verdicts = ["[[A]]", "[[B]]", "[[Tie]]"]
+    for key in ("guided_decoding", "structured_outputs"):
+        sp = {"max_tokens": 8, key: json.dumps({"choice": verdicts})}
+        data = _request("judge me", sampling_parameters=sp, exclude_input_in_output=True)
+        [[pick]] = ts.respond(model, data)
+        assert pick in verdicts
+        nested = {"max_tokens": 8, key: {"choice": verdicts}}
+        data = _request("judge me", sampling_parameters=nested, exclude_input_in_output=True)
+        with pytest.raises(ValueError, match="'NoneType' object has no attribute 'lora_name'"):
+            ts.respond(model, data)
+
+
+def test_triton_env_puts_libdir_first() -> None:
+    ts = pytest.importorskip("warriorcoder.localmodels.pytriton")
     libdir = sysconfig.get_config_var("LIBDIR")
     env = ts.triton_env({"LD_LIBRARY_PATH": f"/x:{libdir}:/y", "HOME": "/h"})
     assert env["LD_LIBRARY_PATH"] == f"{libdir}:/x:/y"

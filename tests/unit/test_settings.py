@@ -116,6 +116,31 @@ def test_env_overrides_and_secret(tmp_path):
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.nats.password)
 
 
+def test_secrets_never_serialise():
+    import json
+    import logging
+
+    import msgspec
+    import orjson
+
+    from warriorcoder.runtime.logs import _JsonFormatter
+
+    secret = Secret("hunter2")
+    # Encoders either refuse a secret or write the stars; none writes the value.
+    assert b"hunter2" not in orjson.dumps({"pw": secret}, default=str)
+    with pytest.raises(TypeError):
+        orjson.dumps({"pw": secret})
+    with pytest.raises(TypeError):
+        json.dumps({"pw": secret})
+    with pytest.raises(TypeError):
+        msgspec.json.encode({"pw": secret})
+    assert f"{secret}" == "**********" and "hunter2" not in f"{secret!r}"
+    # The JSON log line of a record carrying a secret in its extras.
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "connecting", None, None)
+    record.password = secret
+    assert "hunter2" not in _JsonFormatter("test").format(record)
+
+
 def test_env_override_with_bad_value_names_the_key(tmp_path):
     import yaml
 
@@ -155,7 +180,7 @@ def test_cpu_example_serves_its_models_locally():
 
     path = Path(__file__).parents[2] / "examples" / "cpu-small-models.yaml"
     s = load_settings(path, {})
-    assert all(m.triton_url == "local" and m.local is not None for m in s.models.values())
+    assert all(m.is_local and m.triton_url is None for m in s.models.values())
     assert s.models["qwen"].local.path == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
@@ -171,5 +196,36 @@ def test_only_a_local_model_may_leave_out_its_template():
     del t["models"]["a"]["chat_template"]
     with pytest.raises(ConfigError, match=r"\$\.models\.a\.chat_template.*local"):
         parse_settings(t)
-    t["models"]["a"].update(triton_url="local", local={"path": "/models/a"})
+    del t["models"]["a"]["triton_url"]
+    t["models"]["a"]["local"] = {"path": "/models/a"}
     assert parse_settings(t).models["a"].chat_template.file is None
+
+
+def test_a_model_names_exactly_one_backend():
+    t = tree()
+    t["models"]["b"]["local"] = {"path": "/models/b"}
+    with pytest.raises(ConfigError, match=r"\$\.models\.b`: give `triton_url`.*not both"):
+        parse_settings(t)
+    t = tree()
+    del t["models"]["c"]["triton_url"]
+    with pytest.raises(ConfigError, match=r"\$\.models\.c`: give `triton_url: host:port`"):
+        parse_settings(t)
+
+
+def test_the_old_local_sentinel_says_what_to_write_instead():
+    t = tree()
+    t["models"]["a"].update(triton_url="local", local={"path": "/models/a"})
+    with pytest.raises(ConfigError, match=r"\$\.models\.a\.triton_url`.*leave `triton_url` out"):
+        parse_settings(t)
+
+
+def test_a_local_model_has_no_endpoint_until_up_serves_it():
+    t = tree()
+    del t["models"]["a"]["triton_url"]
+    t["models"]["a"]["local"] = {"path": "/models/a", "dtype": "bfloat16"}
+    s = parse_settings(t)
+    assert s.models["a"].is_local and not s.models["b"].is_local
+    assert s.models["a"].local is not None and s.models["a"].local.dtype == "bfloat16"
+    assert s.models["b"].endpoint == "triton:8001"
+    with pytest.raises(ConfigError, match="warriorcoder up"):
+        _ = s.models["a"].endpoint

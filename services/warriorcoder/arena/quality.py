@@ -4,15 +4,30 @@ Usage::
 
     messages = quality_messages(instruction, language)
     score = parse_score(scorer_output)      # 1..10 or None
+
+The question sits between markers carrying a nonce of its own text (see
+``warriorcoder.arena.prompts``), so a question cannot close its block and forge instructions.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["QUESTION_START_MARK", "SCORE_CHOICES", "parse_score", "quality_messages"]
+from warriorcoder.arena.prompts import nonce
 
-QUESTION_START_MARK = "<<<QUESTION>>>"
+__all__ = [
+    "QUESTION_END_MARK",
+    "QUESTION_START_MARK",
+    "SCORE_CHOICES",
+    "SCORE_REASK_NOTE",
+    "parse_score",
+    "quality_messages",
+    "read_quality_prompt",
+]
+
+# Marker stems; a marker is f"{stem} {nonce}>>>".
+QUESTION_START_MARK = "<<<QUESTION"
+QUESTION_END_MARK = "<<<END OF QUESTION"
 
 SCORE_CHOICES = [f"[[{i}]]" for i in range(1, 11)]
 
@@ -27,19 +42,32 @@ _SYSTEM = (
     "for example [[6]]."
 )
 
+# A re-ask starts afresh (the model is not shown its earlier reply): the note does not mention it.
+SCORE_REASK_NOTE = "Important: end your reply with the score on its own last line as [[score]]."
+
 _SCORE_RE = re.compile(r"\[\[\s*(10|[1-9])\s*\]\]")
 
 
 def quality_messages(
     instruction: str, language: str, *, reask: bool = False
 ) -> list[dict[str, str]]:
+    n = nonce(instruction)
     user = (
-        f"Rate this {language} coding question.\n\n{QUESTION_START_MARK}\n{instruction}\n"
-        "<<<END OF QUESTION>>>"
+        f"Rate this {language} coding question.\n\n{QUESTION_START_MARK} {n}>>>\n{instruction}\n"
+        f"{QUESTION_END_MARK} {n}>>>"
     )
     if reask:
-        user += "\n\nYour previous reply had no score. End with the score as [[score]], 1 to 10."
+        user += f"\n\n{SCORE_REASK_NOTE}"
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
+def read_quality_prompt(text: str) -> str | None:
+    """The question of a quality prompt written by ``quality_messages``, read by its nonce."""
+    m = re.search(re.escape(QUESTION_START_MARK) + r" ([0-9a-f]{16})>>>\n", text)
+    if m is None:
+        return None
+    end = text.find(f"\n{QUESTION_END_MARK} {m.group(1)}>>>", m.end())
+    return None if end < 0 else text[m.end() : end]
 
 
 def parse_score(output: str) -> int | None:

@@ -6,7 +6,10 @@ Usage::
     new_a, new_b = elo_update(r_attacker, r_defender, votes, params)
 
 Pure functions, no I/O. Winners use the paper's final score e = alpha * E + (1 - alpha) * x with E
-from the ratings before the battle; Elo applies one zero-sum update per valid judge vote.
+from the ratings before the battle; Elo applies one zero-sum update per valid judge vote, in
+arrival order, each vote's expectation taken from the ratings the previous vote left (PAPER.md).
+The live ratings (aggregator) and ``warriorcoder ratings`` over exported votes both use
+``elo_update``, so replaying a run's votes in order gives its live ratings exactly.
 """
 
 from __future__ import annotations
@@ -84,14 +87,13 @@ def pick_winner(
 def elo_update(
     r_a: float, r_b: float, votes: Sequence[Outcome], p: EloParams = EloParams()
 ) -> tuple[float, float]:
-    """Ratings after one update per valid vote, in order; E from the pre-battle ratings; zero-sum.
+    """Ratings after one zero-sum update per valid vote, in order.
 
-    R_A' = R_A + K * sum(S_v - E(A>B)),  R_B' = R_B - (R_A' - R_A).
+    For each vote v: E = E(A>B) from the current ratings, R_A += K * (S_v - E), R_B -= the same.
     """
-    expected = elo_expected(r_a, r_b, p)
-    delta = 0.0
     for v in votes:
         if v == "invalid":
             continue
-        delta += p.k * (_SCORE[v] - expected)
-    return r_a + delta, r_b - delta
+        delta = p.k * (_SCORE[v] - elo_expected(r_a, r_b, p))
+        r_a, r_b = r_a + delta, r_b - delta
+    return r_a, r_b

@@ -13,13 +13,26 @@ the LMSYS Chatbot Arena uses: a logistic regression without intercept on ±1 des
 models ``d`` points apart have P(A beats B) = 1 / (1 + base^(−d / scale)). Ratings are centred so
 their mean is ``initial`` (LMSYS instead anchors one reference model; only differences matter).
 
+No false precision. The maximum-likelihood ratings exist only where the votes do not separate
+the models: within a group of models that met, every model must have scored (won or tied)
+against the rest of the group and the rest against it — the "scored against" graph must be
+strongly connected (Zermelo 1929; Ford 1957). Where it is not, the likelihood keeps rising as the
+separated models drift apart, and any finite number would be set by the solver's regulariser, not
+by the votes. Those models are reported as unbounded: ``bt_status`` is ``above`` for a model
+nobody outside its strongly connected group ever scored against (rating +inf), ``below`` for one
+that never scored against anybody outside its group (-inf), ``undetermined`` for one in between
+(NaN: only its order is known), and ``finite`` otherwise. Rows are ordered by status, then by the
+regularised fit, so the ranking stays meaningful. Bootstrap intervals are honest in the same way:
+a replicate where a model is separated contributes +-inf, so an interval reaches infinity when
+more than 2.5% of the replicates leave it unbounded; percentiles are taken as observed values
+(lower and higher), never interpolated towards infinity. Models in groups that never met are
+rated within their group, each group centred at ``initial`` (their offset is not identifiable).
+
 Solver: Newton's method with a backtracking line search on the aggregated pair counts (the
 likelihood depends on the votes only through wins per pair), batched over bootstrap replicates.
-A tiny L2 penalty ``l2 / 2 * |u|^2`` on the natural-log strengths ``u`` (default 1e-6) makes the
-fit unique when the plain MLE does not exist (a model that wins or loses every game, or models in
-disconnected groups): it moves a finite estimate by a negligible amount (well under 0.01 points in
-the tests), puts an undefeated model a large but finite distance above the rest (thousands of
-points), and places disconnected groups with their means at ``initial``.
+A tiny L2 penalty ``l2 / 2 * |u|^2`` on the natural-log strengths ``u`` (default 1e-6) keeps the
+iteration defined when the MLE does not exist; it moves a finite estimate by a negligible amount
+(well under 0.01 points in the tests) and is never reported for a separated model.
 
 ``bootstrap`` resamples the votes with replacement. The per-(pair, outcome) counts of a resample
 of N votes are multinomial(N, observed frequencies), so each replicate is drawn as such counts
@@ -33,7 +46,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -43,9 +56,11 @@ from warriorcoder.data.votes import ArenaVote
 
 __all__ = [
     "DEFAULT_L2",
+    "BtStatus",
     "Row",
     "bootstrap",
     "bradley_terry",
+    "format_rating",
     "format_table",
     "leaderboard",
     "online_elo",
@@ -59,6 +74,10 @@ _BOOTSTRAP_CHUNK = 256
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+BtStatus = Literal["finite", "above", "below", "undetermined"]
+_STATUS: tuple[BtStatus, ...] = ("finite", "above", "below", "undetermined")
+_STATUS_ORDER = {"above": 0, "finite": 1, "undetermined": 2, "below": 3}
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -66,10 +85,11 @@ class Row:
 
     model: str
     elo: float
-    bt: float
+    bt: float  # +inf / -inf / NaN when bt_status is above / below / undetermined
     bt_lower: float | None
     bt_upper: float | None
     votes: int
+    bt_status: BtStatus = "finite"
 
 
 # -- online Elo ---------------------------------------------------------------------------------
@@ -130,10 +150,49 @@ class _Design:
         w_j = c[..., 1] + 0.5 * c[..., 2]
         return _newton(self.design, self.i, self.j, w_i, w_j, l2)
 
+    def status(self, counts: FloatArray) -> IntArray:
+        """(B, M) index into ``_STATUS`` per row of ``counts``: whether each model's rating is
+        identified by the votes (see the module docstring)."""
+        c = counts.reshape(counts.shape[0], -1, 3)
+        b, m = c.shape[0], len(self.models)
+        scored = np.zeros((b, m, m), dtype=bool)  # scored[r, x, y]: x won or tied against y
+        met = np.zeros((b, m, m), dtype=bool)
+        scored[:, self.i, self.j] = (c[..., 0] + c[..., 2]) > 0
+        scored[:, self.j, self.i] = (c[..., 1] + c[..., 2]) > 0
+        met[:, self.i, self.j] = met[:, self.j, self.i] = c.sum(axis=-1) > 0
+        reach = _closure(scored | np.eye(m, dtype=bool))
+        group = _closure(met | np.eye(m, dtype=bool))
+        mutual = reach & reach.transpose(0, 2, 1)
+        outside = group & ~mutual  # same group, not in my strongly connected part
+        into_me = (reach.transpose(0, 2, 1) & outside).any(axis=-1)  # someone outside reaches me
+        from_me = (reach & outside).any(axis=-1)  # I reach someone outside
+        status = np.zeros((b, m), dtype=np.int64)
+        status[from_me & ~into_me] = 1
+        status[into_me & ~from_me] = 2
+        status[into_me & from_me] = 3
+        return status
+
     def played(self, counts: FloatArray) -> npt.NDArray[np.bool_]:
         """(B, M): whether each model has at least one vote in each row of ``counts``."""
         per_pair = counts.reshape(counts.shape[0], -1, 3).sum(axis=-1) > 0
         return (per_pair.astype(np.float64) @ np.abs(self.design)) > 0
+
+
+def _closure(adjacency: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Transitive closure of (B, M, M) reflexive boolean adjacency matrices, by squaring."""
+    reach = adjacency.astype(np.int64)
+    for _ in range(max(1, math.ceil(math.log2(max(adjacency.shape[-1], 2))))):
+        reach = np.minimum(reach @ reach, 1)
+    return reach.astype(bool)
+
+
+def _unbounded(ratings: FloatArray, status: IntArray) -> FloatArray:
+    """Ratings with separated models replaced by +inf, -inf or NaN."""
+    out = ratings.copy()
+    out[status == 1] = math.inf
+    out[status == 2] = -math.inf
+    out[status == 3] = math.nan
+    return out
 
 
 def _objective(
@@ -201,11 +260,14 @@ def bradley_terry(
     *,
     l2: float = DEFAULT_L2,
 ) -> dict[str, float]:
-    """Maximum-likelihood Bradley–Terry ratings on the Elo scale, mean ``initial``."""
+    """Maximum-likelihood Bradley–Terry ratings on the Elo scale, mean ``initial``; +inf, -inf or
+    NaN for a model the votes separate (see the module docstring)."""
     if not votes:
         return {}
     design = _Design(votes)
-    ratings = _to_elo(design.fit(design.counts[None, :], l2), scale, base, initial)[0]
+    counts = design.counts[None, :]
+    ratings = _to_elo(design.fit(counts, l2), scale, base, initial)
+    ratings = _unbounded(ratings, design.status(counts))[0]
     return {m: float(r) for m, r in zip(design.models, ratings, strict=True)}
 
 
@@ -220,6 +282,7 @@ def _bootstrap(
         size = min(_BOOTSTRAP_CHUNK, n - start)
         counts = rng.multinomial(total, freqs, size=size).astype(np.float64)
         ratings = _to_elo(design.fit(counts, l2), scale, base, initial)
+        ratings = _unbounded(ratings, design.status(counts))
         # A model with no vote in a replicate has no estimate there (LMSYS: NaN, skipped).
         samples.append(np.where(design.played(counts), ratings, np.nan))
     stacked = np.concatenate(samples)
@@ -230,7 +293,9 @@ def _bootstrap(
         if values.size == 0:
             out[model] = (math.nan, math.nan)
             continue
-        lower, upper = np.percentile(values, [2.5, 97.5])
+        # Observed values, not interpolated: an interval may honestly reach +-inf.
+        lower = np.percentile(values, 2.5, method="lower")
+        upper = np.percentile(values, 97.5, method="higher")
         out[model] = (float(lower), float(upper))
     return out
 
@@ -267,12 +332,15 @@ def leaderboard(
         return []
     elo = online_elo(votes, k=k, scale=scale, base=base, initial=initial)
     design = _Design(votes)
-    bt = _to_elo(design.fit(design.counts[None, :], l2), scale, base, initial)[0]
+    counts = design.counts[None, :]
+    fit = _to_elo(design.fit(counts, l2), scale, base, initial)
+    status = design.status(counts)
+    bt = _unbounded(fit, status)[0]
     ci = _bootstrap(design, bootstrap_n, seed, scale, base, initial, l2) if bootstrap_n > 0 else {}
-    counts: Counter[str] = Counter()
+    votes_of: Counter[str] = Counter()
     for v in votes:
-        counts[v.model_a] += 1
-        counts[v.model_b] += 1
+        votes_of[v.model_a] += 1
+        votes_of[v.model_b] += 1
     rows = [
         Row(
             model=m,
@@ -280,11 +348,14 @@ def leaderboard(
             bt=float(r),
             bt_lower=ci[m][0] if m in ci else None,
             bt_upper=ci[m][1] if m in ci else None,
-            votes=counts[m],
+            votes=votes_of[m],
+            bt_status=_STATUS[int(s)],
         )
-        for m, r in zip(design.models, bt, strict=True)
+        for m, r, s in zip(design.models, bt, status[0], strict=True)
     ]
-    rows.sort(key=lambda r: (-r.bt, r.model))
+    # By status, then by the regularised fit (which still orders separated models sensibly).
+    order = {m: float(f) for m, f in zip(design.models, fit[0], strict=True)}
+    rows.sort(key=lambda r: (_STATUS_ORDER[r.bt_status], -order[r.model], r.model))
     return rows
 
 
@@ -292,20 +363,32 @@ def leaderboard(
 
 
 def rows_to_json(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
-    """``{model: {elo, bt, bt_lower, bt_upper, votes}}`` in leaderboard order (NaN → None)."""
+    """``{model: {elo, bt, bt_lower, bt_upper, votes, bt_status}}`` in leaderboard order; NaN and
+    infinities become None (``bt_status`` says which unbounded side)."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         item = asdict(r)
         del item["model"]
         out[r.model] = {
-            key: None if isinstance(val, float) and math.isnan(val) else val
+            key: None if isinstance(val, float) and not math.isfinite(val) else val
             for key, val in item.items()
         }
     return out
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.1f}"
+def format_rating(x: float | None) -> str:
+    """A rating for people: one decimal, ``+inf``/``-inf`` when unbounded, ``-`` when unknown."""
+    if x is None or math.isnan(x):
+        return "-"
+    if math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    return f"{x:.1f}"
+
+
+def _interval(r: Row) -> str:
+    if r.bt_lower is None:
+        return "-"
+    return f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}"
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -315,9 +398,11 @@ def format_table(rows: Sequence[Row]) -> str:
         (
             str(n),
             r.model,
-            _num(r.bt),
-            "-" if r.bt_lower is None else f"{_num(r.bt_lower)} .. {_num(r.bt_upper)}",
-            _num(r.elo),
+            format_rating(r.bt),
+            "-"
+            if r.bt_lower is None
+            else f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}",
+            format_rating(r.elo),
             str(r.votes),
         )
         for n, r in enumerate(rows, 1)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from warriorcoder.data.bradley_terry import leaderboard
+from warriorcoder.data.bradley_terry import format_rating, leaderboard
 from warriorcoder.data.export import SUFFIXES
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto.messages import Sample
@@ -185,6 +185,8 @@ def render_card(
             f"From the {len(votes)} valid judge votes (attacker as model A, defender as model B). "
             "`bt`: Bradley–Terry maximum-likelihood rating (Elo scale, mean 1000) with its "
             f"bootstrap 95% interval ({bootstrap_n} resamples of the votes, seed {seed}); "
+            "`+inf`/`-inf`: the votes separate the model (it never lost, or never won, against "
+            "the others), so no finite rating is supported; "
             "`elo`: online Elo replaying the votes in order (K 40).",
             "",
         ]
@@ -194,10 +196,10 @@ def render_card(
                 (
                     k,
                     r.model,
-                    f"{r.bt:.1f}",
+                    format_rating(r.bt),
                     "-"
                     if r.bt_lower is None or r.bt_upper is None
-                    else f"{r.bt_lower:.1f} .. {r.bt_upper:.1f}",
+                    else f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}",
                     f"{r.elo:.1f}",
                     r.votes,
                 )

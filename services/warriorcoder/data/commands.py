@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_export", "cmd_ratings", "register"]
+__all__ = ["cmd_export", "cmd_ratings", "register", "shard_dir"]
 
 
 def _count(text: str) -> int:
@@ -80,7 +80,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, metavar="FILE", help="output file: .jsonl or .parquet")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", metavar="DIR", help="the aggregator's JSONL shards")
+    source.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the aggregator's JSONL shards, or the arena's data directory that holds them in "
+        "samples/ (the same DIR as `warriorcoder up --data-dir`)",
+    )
     source.add_argument("--nats", metavar="URL", help="read the samples stream of this NATS")
     p.add_argument("--card", action="store_true", help="write a dataset card README.md beside it")
     p.add_argument(
@@ -129,10 +134,17 @@ def _read_stats(path: str) -> dict[str, int]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from warriorcoder.data.card import write_card
-    from warriorcoder.data.export import ExportError, export, samples_from_dir, samples_from_nats
+    from warriorcoder.data.export import (
+        ExportError,
+        export,
+        output_suffix,
+        samples_from_dir,
+        samples_from_nats,
+    )
 
     out = Path(args.out)
     try:
+        output_suffix(out)
         stats = _read_stats(args.filter_stats) if args.filter_stats else None
         if args.nats:
             samples = asyncio.run(samples_from_nats(args.nats))
@@ -140,8 +152,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             if stats is None and args.card:
                 stats = asyncio.run(_live(args.nats)).rejections
         else:
-            samples = samples_from_dir(Path(args.data_dir))
-            source = args.data_dir
+            shards = shard_dir(Path(args.data_dir))
+            samples = samples_from_dir(shards)
+            source = str(shards)
+        if not samples:
+            raise ExportError(
+                f"no samples in {source}: nothing to export (is the arena running, or is this the "
+                "right directory?)"
+            )
         count = export(samples, args.fmt, out)
         print(f"wrote {count} {args.fmt} records from {len(samples)} samples ({source}) to {out}")
         if args.card:
@@ -152,6 +170,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc}")
     return 0
+
+
+def shard_dir(path: Path) -> Path:
+    """The folder holding the sample shards: ``path`` itself, or ``path/samples`` when ``path`` is
+    an arena's data directory (``warriorcoder up --data-dir``)."""
+    from warriorcoder.data.export import ExportError
+    from warriorcoder.stages.aggregator.dataset import SHARD_GLOB
+
+    if not path.is_dir():
+        raise ExportError(f"no such data directory: {path}")
+    nested = path / "samples"
+    if not any(path.glob(SHARD_GLOB)) and nested.is_dir():
+        return nested
+    return path
 
 
 async def _live(url: str) -> Any:

@@ -44,6 +44,7 @@ __all__ = [
     "Format",
     "arrow_schema",
     "export",
+    "output_suffix",
     "read_export",
     "records",
     "samples_from_dir",
@@ -164,7 +165,8 @@ def arrow_schema(fmt: str) -> Any:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def _suffix(out_path: Path) -> str:
+def output_suffix(out_path: Path) -> str:
+    """The output's suffix (``.jsonl`` or ``.parquet``); ``ExportError`` for anything else."""
     suffix = out_path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ExportError(
@@ -181,7 +183,7 @@ def export(samples: Iterable[Sample], fmt: str, out_path: Path | str) -> int:
     """
     out_path = Path(out_path)
     fmt_ = _check_format(fmt)
-    suffix = _suffix(out_path)
+    suffix = output_suffix(out_path)
     items = list(samples)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -209,7 +211,7 @@ def export(samples: Iterable[Sample], fmt: str, out_path: Path | str) -> int:
 def read_export(path: Path | str) -> list[dict[str, Any]]:
     """Read an export back as dicts (Parquet maps become dicts again)."""
     path = Path(path)
-    if _suffix(path) == ".jsonl":
+    if output_suffix(path) == ".jsonl":
         with path.open("rb") as f:
             return [msgspec.json.decode(line) for line in f if line.strip()]
     import pyarrow.parquet as pq

@@ -20,7 +20,8 @@ from warriorcoder.data.bradley_terry import Row, leaderboard
 from warriorcoder.data.export import connect_briefly, samples_from_nats
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Ratings, Sample, decode
+from warriorcoder.proto.messages import Sample
+from warriorcoder.proto.state import Ratings, decode_state
 from warriorcoder.runtime.settings import NatsSettings
 
 __all__ = ["LiveState", "live_leaderboard", "read_live"]
@@ -34,7 +35,7 @@ class LiveState:
 
 
 async def read_live(cfg: NatsSettings) -> LiveState:
-    from warriorcoder.stages.challenger.filters import RejectionStats
+    from warriorcoder.stages.challenger.state import RejectionStats
 
     samples = await samples_from_nats(settings=cfg)
     nc = await connect_briefly(cfg)
@@ -42,9 +43,9 @@ async def read_live(cfg: NatsSettings) -> LiveState:
         js = nc.jetstream()
         try:
             kv = await js.key_value(subjects.KV_RATINGS)
-            ratings = decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
+            ratings = decode_state((await kv.get(subjects.RATINGS_KEY)).value, Ratings)
         except (BucketNotFoundError, NotFoundError, KeyNotFoundError):
-            ratings = Ratings(ratings={})
+            ratings = Ratings()
         try:
             rejections = await RejectionStats.read(await js.key_value(subjects.KV_STATS))
         except (BucketNotFoundError, NotFoundError):

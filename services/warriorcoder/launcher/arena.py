@@ -1,19 +1,25 @@
-"""An arena on one machine: nats-server, model backends and the four services, supervised.
+"""An arena on one machine: nats-server, model backends and the four services, supervised on one
+event loop.
 
 Usage::
 
-    with LocalArena(data_dir, mode="scripted", battles=6) as arena:
-        while arena.samples() < 6:
-            arena.supervise()       # restart a crashed service, top up the challenge budget
-            time.sleep(0.5)
+    async with LocalArena(data_dir, mode="scripted", battles=6) as arena, asyncio.timeout(300):
+        await arena.wait_for_samples(6)
 
 Backends, by ``mode``:
 
 - ``scripted``: scripted test models on a real Triton Inference Server (PyTriton); fastest.
 - ``demo``: tiny random-weight transformer models built on the spot, served through the same
   local Triton path as real Hugging Face models (transformers, batched, guided choices).
-- ``config``: the user's arena config. Models with ``triton_url: local`` are served by a local
-  Triton from their ``local.path`` (a directory or hub id); others use their Triton URL as is.
+- ``config``: the user's ``ArenaSettings``. Models with a ``local`` section are served by a local
+  Triton from their ``local.path`` (a directory or hub id); others use their ``triton_url`` as is.
+
+Supervision: every child is an asyncio subprocess (``warriorcoder.launcher.children``), and one
+``asyncio.TaskGroup`` owns a watcher per child and the budget keeper. A service that exits is
+restarted with back-off (``RestartPolicy``) and the event logged to ``logs/supervisor.log``; a
+crash loop, or nats-server or Triton exiting, stops the arena with ``SupervisorError``. Leaving
+the context cancels and awaits every task, then stops the services (upstream first), Triton and
+nats-server, each with SIGTERM, then SIGKILL.
 
 The JetStream store, logs, the resolved config and the samples all live in ``data_dir``; a second
 run on the same directory resumes: unfinished work waits in the streams, and the arena-wide
@@ -24,40 +30,48 @@ the run ends at exactly ``battles`` samples, with nothing lost and nothing writt
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections import deque
-from contextlib import ExitStack
+from collections.abc import Awaitable, Coroutine
+from contextlib import AsyncExitStack
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 import yaml
 
-from warriorcoder.launcher.processes import (
-    ManagedProcess,
-    start_nats,
-    start_scripted_triton,
-    start_service,
+from warriorcoder.errors import ArenaError
+from warriorcoder.launcher.children import (
+    Child,
+    start_nats_child,
+    start_service_child,
+    start_triton_child,
 )
-from warriorcoder.proto import subjects
-from warriorcoder.stages.aggregator.dataset import SHARD_GLOB
+from warriorcoder.launcher.config import (
+    demo_arena_settings,
+    for_run,
+    local_models_file,
+    scripted_arena_settings,
+    serve_locally,
+    write_settings,
+)
+from warriorcoder.launcher.policy import CrashLoop, RestartPolicy, budget_for, top_up
+from warriorcoder.launcher.processes import HF_SERVER, SCRIPTED_SERVER, http_ok
+from warriorcoder.launcher.status import StatusReader, count_samples
+from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.testing.scripted import SCRIPTED_MODELS, load_models
 
 __all__ = [
     "DEMO_NOTE",
     "SCRIPTED_MODELS",
+    "SCRIPTED_NOTE",
     "SERVICES",
     "LocalArena",
+    "Mode",
+    "SupervisorError",
     "count_samples",
-    "own_template_file",
-    "scripted_arena_config",
 ]
 
-log = logging.getLogger(__name__)
-
 SERVICES = ("aggregator", "judge", "responder", "challenger")  # started in this order
-_PRESETS = ("chatml", "llama3", "deepseek-coder")  # distinct templates exercise each renderer
 DEMO_NOTE = (
     "DEMO: the models are tiny transformers with RANDOM WEIGHTS built on this machine: their "
     "text is noise. The pipeline (templates, Triton, generation, judging) is real."
@@ -65,240 +79,197 @@ DEMO_NOTE = (
 SCRIPTED_NOTE = "SCRIPTED: deterministic test models, not LLMs (use --demo or --config)."
 Mode = Literal["scripted", "demo", "config"]
 
-_SAMPLING = {
-    "challenge": {"temperatures": [1.0, 1.2], "top_ps": [0.95, 0.99], "max_tokens": 256},
-    "quality": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 128},
-    "response": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 512},
-    "judge": {"temperature": 1.0, "top_p": 0.995, "max_tokens": 256},
-}
-_DEMO_SAMPLING = {
-    "challenge": {"temperatures": [1.0, 1.2], "top_ps": [0.95, 0.99], "max_tokens": 48},
-    "quality": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 8},
-    "response": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 64},
-    "judge": {"temperature": 1.0, "top_p": 0.995, "max_tokens": 8},
-}
 
+class SupervisorError(ArenaError, RuntimeError):
+    """The arena cannot go on: nats-server or Triton exited, or a service keeps crashing."""
 
-def _merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            tree[key] = _merge(dict(tree[key]), value)
-        else:
-            tree[key] = value
-    return tree
-
-
-def scripted_arena_config(
-    names: list[str], *, triton_grpc: str, nats_url: str, data_dir: Path, **overrides: Any
-) -> dict[str, Any]:
-    """An arena config tree whose models are the scripted models on a local Triton."""
-    tree: dict[str, Any] = {
-        "models": {
-            name: {
-                "triton_url": triton_grpc,
-                "triton_model": name,
-                "chat_template": {"preset": _PRESETS[i % len(_PRESETS)]},
-                "max_concurrency": 4,
-                "timeout_s": 60,
-            }
-            for i, name in enumerate(names)
-        },
-        "competitors": names,
-        "languages": ["Python"],
-        "sampling": _SAMPLING,
-        "challenger": {"low_water": 2, "high_water": 6, "concurrency": 2, "poll_interval_s": 0.2},
-        "nats": {"url": nats_url, "ack_wait_s": 30, "retry_delay_s": 0.5},
-        "service": {"log_format": "json", "drain_timeout_s": 10},
-        "data_dir": str(data_dir / "samples"),
-    }
-    return _merge(tree, overrides)
-
-
-def own_template_file(path: str) -> str:
-    """The tokenizer config of a local model directory or hub id (from the Hub cache that
-    loading the model filled)."""
-    local = Path(path)
-    if local.is_dir():
-        return str(local / "tokenizer_config.json")
-    from huggingface_hub import hf_hub_download
-
-    return str(hf_hub_download(repo_id=path, filename="tokenizer_config.json"))
-
-
-def count_samples(samples_dir: Path) -> int:
-    """Complete sample lines in the shards of a data directory."""
-    n = 0
-    for path in samples_dir.glob(SHARD_GLOB):
-        with path.open("rb") as f:
-            n += sum(1 for line in f if line.endswith(b"\n") and line.strip())
-    return n
+    reason = "supervisor"
 
 
 class LocalArena:
-    """Start everything in ``__enter__``, stop it in reverse (upstream services first)."""
+    """Start everything on entry, supervise it while entered, stop it in reverse on exit."""
 
     def __init__(
         self,
         data_dir: Path,
         *,
         mode: Mode = "scripted",
-        config_tree: dict[str, Any] | None = None,
+        settings: ArenaSettings | None = None,
         battles: int | None = None,
-        config_overrides: dict[str, Any] | None = None,
         max_restarts: int = 5,
+        poll_s: float = 0.5,
+        service_ready_s: float = 180.0,
     ) -> None:
-        if mode == "config" and config_tree is None:
-            raise ValueError("mode 'config' needs a config tree")
+        if mode == "config" and settings is None:
+            raise ValueError("mode 'config' needs the arena's settings")
         self.data_dir = data_dir.resolve()
         self.mode = mode
-        self.config_tree = config_tree
+        self.settings = settings
         self.battles = battles
-        self.overrides = config_overrides or {}
         self.max_restarts = max_restarts
-        self.procs: dict[str, ManagedProcess] = {}
+        self.poll_s = poll_s
+        self.service_ready_s = service_ready_s
+        self.procs: dict[str, Child] = {}
         self.events: list[str] = []
         self.note = {"demo": DEMO_NOTE, "scripted": SCRIPTED_NOTE}.get(mode, "")
-        self._restarts: dict[str, deque[float]] = {}
-        self._stack = ExitStack()
         self.config_path = self.data_dir / "arena.yaml"
         self.logs = self.data_dir / "logs"
         self.samples_dir = self.data_dir / "samples"
+        self._restarts: dict[str, RestartPolicy] = {}
+        self._stack = AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state: StatusReader | None = None
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def __enter__(self) -> LocalArena:
+    async def __aenter__(self) -> LocalArena:
         try:
-            self._start()
+            await self._start()
         except BaseException:
-            self._stack.close()
+            await self._close()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
 
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.procs['nats-server'].ports['client']}"
 
-    def _own(self, proc: ManagedProcess) -> ManagedProcess:
-        self.procs[proc.name] = proc
-        self._stack.callback(lambda: self.procs[proc.name].stop())
-        return proc
+    @property
+    def state(self) -> StatusReader:
+        """The arena's one reader of its state (one NATS connection)."""
+        if self._state is None:
+            raise RuntimeError("the arena is not running")
+        return self._state
 
-    def _start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._own(start_nats(self.data_dir / "nats", log_path=self.logs / "nats-server.log"))
-        tree = _merge(self._backends(), self.overrides)
-        tree.setdefault("nats", {})["url"] = self.nats_url
-        tree["data_dir"] = str(self.samples_dir)
-        self.config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    async def _start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        await self._own(start_nats_child(self.data_dir / "nats", log_path=self._log("nats-server")))
+        settings = for_run(
+            await self._backends(), nats_url=self.nats_url, samples_dir=self.samples_dir
+        )
+        await asyncio.to_thread(write_settings, self.config_path, settings)
+        self._state = await self._stack.enter_async_context(
+            StatusReader(self.nats_url, self.samples_dir)
+        )
         if self.battles is not None:
-            self._event(f"challenge budget set to {self.set_budget()}")
+            budget = budget_for(self.battles, await self.samples(), await self.state.pending())
+            await self.state.set_budget(budget)
+            self._event(f"challenge budget set to {budget}")
+            self._spawn_task(self._keep_budget(self.battles), "budget")
         for service in SERVICES:
-            self._start_service(service)
+            await self._own(
+                start_service_child(service, self.config_path, log_path=self._log(service))
+            )
+        await self._services_healthy()
 
-    def _backends(self) -> dict[str, Any]:
+    async def _close(self) -> None:
+        """Cancel and await every task, then stop the children in reverse (the exit stack)."""
+        self._stopping = True  # a watcher seeing its child exit from now on leaves it be
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            await self._stack.aclose()
+        except BaseExceptionGroup as group:  # the task group's: raise the supervisor's own error
+            errors = [e for e in group.exceptions if isinstance(e, ArenaError)]
+            if len(errors) == len(group.exceptions) == 1:
+                raise errors[0] from None
+            raise
+
+    def _log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tg is not None
+        self._tasks.append(self._tg.create_task(coro, name=name))
+
+    async def _own(self, starting: Awaitable[Child]) -> Child:
+        """Keep a started child: stopped on exit (looked up by name: restarts replace it) and
+        watched meanwhile."""
+        child = await starting
+        self.procs[child.name] = child
+        self._stack.push_async_callback(self._stop_child, child.name)
+        self._spawn_task(self._watch(child.name), f"watch-{child.name}")
+        return child
+
+    async def _stop_child(self, name: str) -> None:
+        await self.procs[name].stop()
+
+    async def _backends(self) -> ArenaSettings:
         if self.mode == "scripted":
             names = [m.name for m in load_models(SCRIPTED_MODELS)]
-            triton = self._own(
-                start_scripted_triton(SCRIPTED_MODELS, names, log_path=self.logs / "triton.log")
+            triton = await self._own(
+                start_triton_child(
+                    SCRIPTED_SERVER, SCRIPTED_MODELS, names, log_path=self._log("triton")
+                )
             )
-            return scripted_arena_config(
-                names,
-                triton_grpc=f"127.0.0.1:{triton.ports['grpc']}",
-                nats_url="",
-                data_dir=self.data_dir,
-            )
+            grpc = f"127.0.0.1:{triton.ports['grpc']}"
+            return scripted_arena_settings(names, triton_grpc=grpc, data_dir=self.data_dir)
         if self.mode == "demo":
-            return self._demo_tree()
-        assert self.config_tree is not None
-        return self._resolve_local(self.config_tree)
+            from warriorcoder.localmodels.demo import build_demo_models
 
-    def _demo_tree(self) -> dict[str, Any]:
-        from warriorcoder.localmodels.demo import build_demo_models
+            demo = await asyncio.to_thread(build_demo_models, self.data_dir / "demo-models")
+            # Tiny models on a shared CPU: one torch thread each is several times faster.
+            return await self._serve_local(
+                demo_arena_settings({m.name: m.path for m in demo}), threads=1
+            )
+        assert self.settings is not None
+        return await self._serve_local(self.settings, threads=0)
 
-        demo = build_demo_models(self.data_dir / "demo-models")
-        models = {
-            m.name: {
-                "triton_url": "local",
-                "triton_model": m.name,
-                "guided_choice": True,
-                "max_concurrency": 8,
-                "timeout_s": 300,
-                "local": {"path": str(m.path), "device": "cpu", "max_batch_size": 8},
-            }
-            for m in demo
-        }
-        tree = {
-            "models": models,
-            "competitors": [m.name for m in demo],
-            "sampling": _DEMO_SAMPLING,
-            # Random text: keep every instruction that is not empty or debris.
-            "challenger": {
-                "low_water": 2,
-                "high_water": 6,
-                "concurrency": 2,
-                "poll_interval_s": 0.2,
-                "min_chars": 1,
-                "max_chars": 100_000,
-                "decontamination": {"enabled": False},
-                "near_dup": {"enabled": False},
-                "quality": {"threshold": 1},
-            },
-            "nats": {"ack_wait_s": 120, "retry_delay_s": 0.5},
-            "service": {"log_format": "json", "drain_timeout_s": 20},
-        }
-        # Tiny models on a shared CPU: one torch thread each is several times faster.
-        return self._resolve_local(tree, threads=1)
-
-    def _resolve_local(self, tree: dict[str, Any], *, threads: int = 0) -> dict[str, Any]:
-        """Serve the ``triton_url: local`` models on a local Triton and point the config at it."""
-        tree = yaml.safe_load(yaml.safe_dump(tree))  # a deep copy
-        local = {n: m for n, m in tree.get("models", {}).items() if m.get("triton_url") == "local"}
-        if not local:
-            return tree
-        from warriorcoder.localmodels.hf_server import start_hf_triton
-
-        spec = {
-            "models": [
-                {
-                    "name": m.get("triton_model", n),
-                    "path": m["local"]["path"],
-                    "device": m["local"].get("device", "auto"),
-                    "dtype": m["local"].get("dtype", "auto"),
-                    "max_batch_size": m["local"].get("max_batch_size", 8),
-                }
-                for n, m in local.items()
-            ]
-        }
+    async def _serve_local(self, settings: ArenaSettings, *, threads: int) -> ArenaSettings:
+        """Serve the ``local`` models on a local Triton and point the settings at it."""
+        spec = local_models_file(settings)
+        if not spec["models"]:
+            return settings
         models_file = self.data_dir / "local-models.yaml"
         models_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        triton = self._own(
-            start_hf_triton(
+        triton = await self._own(
+            start_triton_child(
+                HF_SERVER,
                 models_file,
                 [e["name"] for e in spec["models"]],
-                log_path=self.logs / "triton.log",
-                threads=threads,
+                name="hf-tritonserver",
+                extra_args=["--threads", str(threads)],
+                log_path=self._log("triton"),
+                ready_s=300,
             )
         )
-        for m in local.values():
-            m["triton_url"] = f"127.0.0.1:{triton.ports['grpc']}"
-            template = m.get("chat_template") or {}
-            if not template.get("preset") and not template.get("file"):
-                # The model's own template, from the tokenizer config beside its weights.
-                m["chat_template"] = {**template, "file": own_template_file(m["local"]["path"])}
-            del m["local"]
-        return tree
+        return await asyncio.to_thread(serve_locally, settings, f"127.0.0.1:{triton.ports['grpc']}")
 
-    def _start_service(self, service: str) -> None:
-        proc = start_service(service, self.config_path, log_path=self.logs / f"{service}.log")
-        if service in self.procs:
-            self.procs[service] = proc  # a restart: the stop callback looks the name up
-        else:
-            self._own(proc)
+    async def _start_service(self, service: str) -> None:
+        """(Re)start a service; its watcher and stop callback follow it by name."""
+        child = await start_service_child(service, self.config_path, log_path=self._log(service))
+        self.procs[service] = child
 
-    # -- running --------------------------------------------------------------------------------
+    async def _services_healthy(self) -> None:
+        """Wait until every service answers ``/healthz`` (whichever process of it is current: a
+        service that crashes meanwhile is restarted by its watcher)."""
+        deadline = time.monotonic() + self.service_ready_s
+        for service in SERVICES:
+            while not await asyncio.to_thread(http_ok, self._health_url(service)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{service} not healthy within {self.service_ready_s:g}s:\n"
+                        f"{self.procs[service].log_tail()}"
+                    )
+                await asyncio.sleep(0.1)
+
+    def _health_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.procs[service].ports['http']}/healthz"
+
+    # -- supervision ----------------------------------------------------------------------------
 
     def _event(self, text: str) -> None:
         stamped = f"{time.strftime('%H:%M:%S')} {text}"
@@ -306,94 +277,54 @@ class LocalArena:
         with (self.logs / "supervisor.log").open("a") as f:
             f.write(stamped + "\n")
 
-    def samples(self) -> int:
-        return count_samples(self.samples_dir)
+    async def _watch(self, name: str) -> None:
+        """Restart a service whenever it exits (with back-off); anything else exiting, or a
+        crash loop, ends the arena."""
+        while True:
+            child = self.procs[name]
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            if name not in SERVICES:
+                raise SupervisorError(f"{name} exited ({code}):\n{child.log_tail()}")
+            policy = self._restarts.setdefault(name, RestartPolicy(max_restarts=self.max_restarts))
+            try:
+                delay = policy.next_delay(time.monotonic())
+            except CrashLoop as exc:
+                raise SupervisorError(
+                    f"{name} keeps crashing ({exc}):\n{child.log_tail()}"
+                ) from None
+            after = f" in {delay:g}s" if delay else ""
+            self._event(f"{name} exited with code {code}; restarting it{after}")
+            await asyncio.sleep(delay)
+            await self._start_service(name)
+
+    async def _keep_budget(self, target: int) -> None:
+        """Top the challenge budget up when the pipeline went idle short of the target (seen on
+        two polls in a row, so a challenge between its budget and its stream is not missed)."""
+        short_before = 0
+        while True:
+            await asyncio.sleep(self.poll_s)
+            budget, pending = await self.state.budget(), await self.state.pending()
+            short = top_up(target, await self.samples(), budget, pending)
+            if short and short == short_before:
+                self._event(f"pipeline idle {short} samples short: mining {short} more")
+                await self.state.set_budget(short)
+                short = 0
+            short_before = short
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def samples(self) -> int:
+        return await asyncio.to_thread(count_samples, self.samples_dir)
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if not p.alive()]
 
-    def supervise(self) -> None:
-        """Restart crashed services (a crash loop raises); keep the challenge budget topped up."""
-        for name in self.dead():
-            code = self.procs[name].proc.returncode
-            if name not in SERVICES:
-                raise RuntimeError(f"{name} exited ({code}):\n{self.procs[name].log_tail()}")
-            recent = self._restarts.setdefault(name, deque(maxlen=self.max_restarts))
-            if len(recent) == self.max_restarts and time.monotonic() - recent[0] < 60:
-                raise RuntimeError(
-                    f"{name} keeps crashing ({self.max_restarts} restarts in a minute):\n"
-                    f"{self.procs[name].log_tail()}"
-                )
-            recent.append(time.monotonic())
-            self._event(f"{name} exited with code {code}; restarting it")
-            self._start_service(name)
-        if self.battles is not None:
-            self._top_up()
-
-    def set_budget(self) -> int:
-        """Budget = target - samples on disk - battles already in the pipeline."""
-        assert self.battles is not None
-        pending = asyncio.run(self._pending())
-        budget = max(self.battles - self.samples() - pending, 0)
-        asyncio.run(self._write_budget(budget))
-        return budget
-
-    def _top_up(self) -> None:
-        # Work lost on the way (a battle without a valid vote, a dead letter) leaves the run
-        # short once the pipeline is idle: mine what is missing.
-        missing = self.battles - self.samples() if self.battles is not None else 0
-        if missing <= 0:
-            return
-        budget, pending = asyncio.run(self._budget_and_pending())
-        if budget == 0 and pending == 0 and self.samples() < (self.battles or 0):
-            self._event(f"pipeline idle {missing} samples short: mining {missing} more")
-            asyncio.run(self._write_budget(missing))
-
-    async def _pending(self) -> int:
-        return (await self._budget_and_pending())[1]
-
-    async def _budget_and_pending(self) -> tuple[int | None, int]:
-        from nats.js.errors import NotFoundError
-
-        from warriorcoder.runtime.bus import Bus, connect
-        from warriorcoder.runtime.settings import NatsSettings
-        from warriorcoder.stages.challenger.filters import Budget
-
-        cfg = NatsSettings(url=self.nats_url)
-        nc = await connect(cfg, name="warriorcoder-up", persistent=False)
-        try:
-            bus = Bus(nc, cfg, stage="up")
-            pending = 0
-            for stream in (
-                subjects.STREAM_CHALLENGES,
-                subjects.STREAM_BATTLES,
-                subjects.STREAM_JUDGEMENTS,
-            ):
-                with contextlib.suppress(NotFoundError):
-                    pending += await bus.backlog(stream)
-            budget = await Budget(await bus.kv(subjects.KV_SCHEDULE)).remaining()
-            return budget, pending
-        finally:
-            await nc.close()
-
-    async def _write_budget(self, n: int) -> None:
-        from warriorcoder.runtime.bus import Bus, connect
-        from warriorcoder.runtime.settings import NatsSettings
-        from warriorcoder.stages.challenger.filters import Budget
-
-        cfg = NatsSettings(url=self.nats_url)
-        nc = await connect(cfg, name="warriorcoder-up", persistent=False)
-        try:
-            await Budget(await Bus(nc, cfg, stage="up").kv(subjects.KV_SCHEDULE)).set(n)
-        finally:
-            await nc.close()
-
-    def wait_for_samples(self, n: int, *, timeout: float, poll_s: float = 0.5) -> int:
-        """Block until the data directory holds ``n`` samples, supervising meanwhile."""
-        deadline = time.monotonic() + timeout
-        while (count := self.samples()) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{count}/{n} samples after {timeout:g}s")
-            self.supervise()
-            time.sleep(poll_s)
-        return count
+    async def wait_for_samples(self, n: int, *, poll_s: float = 0.5) -> int:
+        """Wait until the data directory holds ``n`` samples (supervision runs meanwhile); bound
+        it with ``asyncio.timeout``."""
+        while True:  # the aggregator's shards are files: polled, nothing to be woken by
+            if (count := await self.samples()) >= n:
+                return count
+            await asyncio.sleep(poll_s)

@@ -3,14 +3,14 @@
 Usage::
 
     warriorcoder up --demo --battles 6                  # tiny random-weight transformers
-    warriorcoder up --config examples/cpu-arena.yaml    # real models (local or remote Triton)
+    warriorcoder up --config examples/cpu-small-models.yaml  # real models (local or remote Triton)
     warriorcoder up --scripted --battles 20             # scripted test models (fastest)
 
-Starts nats-server, the model backends and the four services as supervised processes (a crashed
-service is restarted and the event logged), shows progress, backlogs, rejections and the
-leaderboard in the terminal and on a local web page, and stops cleanly once the data directory
-holds N samples or on Ctrl-C (in-flight work is drained or left in the streams). Run again on the
-same data directory, it resumes.
+Starts nats-server, the model backends and the four services as supervised processes on one
+event loop (a crashed service is restarted with back-off and the event logged), shows progress,
+backlogs, rejections and the leaderboard in the terminal and on a local web page, and stops
+cleanly once the data directory holds N samples or on Ctrl-C (in-flight work is drained or left in
+the streams). Run again on the same data directory, it resumes.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    from warriorcoder.launcher.arena import LocalArena, Mode
+    from warriorcoder.launcher.status import Snapshot
+    from warriorcoder.runtime.settings import ArenaSettings
 
 __all__ = ["register"]
 
@@ -35,8 +38,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     backend.add_argument(
         "--config",
         metavar="FILE",
-        help="arena config (models: Triton URLs or "
-        "`triton_url: local` with a `local.path` to serve with transformers)",
+        help="arena config (models: a `triton_url`, or a `local: {path: ...}` section to serve "
+        "with transformers)",
     )
     backend.add_argument(
         "--demo", action="store_true", help="fully offline: tiny random-weight transformer models"
@@ -60,102 +63,121 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from warriorcoder.launcher.arena import count_samples
-    from warriorcoder.runtime.settings import ConfigError, parse_settings
+    from warriorcoder.launcher.status import count_samples
+    from warriorcoder.runtime.settings import ConfigError, load_settings
 
     data_dir = Path(args.data_dir)
-    tree = None
+    settings = None
     if args.config:
         try:
-            tree = yaml.safe_load(Path(args.config).read_text())
-            parse_settings(tree)  # fail before starting anything, naming the key
-        except (OSError, yaml.YAMLError, ConfigError) as exc:
+            # Fail before starting anything, naming the key; the services apply the environment.
+            settings = load_settings(args.config, {})
+        except ConfigError as exc:
             print(f"warriorcoder: {exc}", file=sys.stderr)
             return 2
     already = count_samples(data_dir / "samples")
     if args.battles is not None and already >= args.battles:
         print(f"{data_dir / 'samples'} already holds {already} samples (>= {args.battles})")
         return 0
-    mode = "config" if tree is not None else ("demo" if args.demo else "scripted")
+    mode: Mode = "config" if settings is not None else ("demo" if args.demo else "scripted")
     try:
-        return asyncio.run(_up(args, mode, tree, data_dir))
-    except KeyboardInterrupt:
+        return asyncio.run(_up(args, mode, settings, data_dir))
+    except KeyboardInterrupt:  # before the signal handlers are installed
         return 130
 
 
-async def _up(args: argparse.Namespace, mode: str, tree: Any, data_dir: Path) -> int:
-    from warriorcoder.launcher.arena import LocalArena
-    from warriorcoder.launcher.display import Display
-    from warriorcoder.launcher.status import Snapshot, StatusReader
-    from warriorcoder.launcher.web import serve_leaderboard
+async def _up(
+    args: argparse.Namespace, mode: Mode, settings: ArenaSettings | None, data_dir: Path
+) -> int:
+    from warriorcoder.launcher.arena import LocalArena, SupervisorError
 
+    arena = LocalArena(data_dir, mode=mode, settings=settings, battles=args.battles)
     stop = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+    starting = True
+
+    def on_signal() -> None:
+        # Ctrl-C during start-up cancels it (its children are stopped); afterwards it ends the
+        # run: the services drain and the summary is printed.
+        if not stop.is_set() and starting:
+            main.cancel()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    arena = LocalArena(data_dir, mode=mode, config_tree=tree, battles=args.battles)  # type: ignore[arg-type]
+        loop.add_signal_handler(sig, on_signal)
     if arena.note:
         print(arena.note, flush=True)
     print(
         f"starting: nats-server, model backends and 4 services (data: {arena.data_dir})", flush=True
     )
     start = time.monotonic()
-    starting = asyncio.ensure_future(asyncio.to_thread(arena.__enter__))
-    await asyncio.wait(
-        {starting, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
-    if not starting.done():  # Ctrl-C during start-up: let it finish, then stop everything
-        with contextlib.suppress(Exception):
-            await starting
-        await asyncio.to_thread(arena.__exit__, None, None, None)
-        print("interrupted during start-up: stopped", file=sys.stderr)
-        return 130
     try:
-        starting.result()
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"warriorcoder up: start-up failed: {exc}", file=sys.stderr)
+        async with arena:
+            starting = False
+            snapshot, code = await _run(args, arena, stop, start)
+            print("stopping: draining the services", flush=True)
+    except asyncio.CancelledError:
+        if starting and stop.is_set():
+            main.uncancel()
+            print("interrupted during start-up: stopped", file=sys.stderr)
+            return 130
+        raise
+    except SupervisorError as exc:
+        print(f"warriorcoder up: {exc}", file=sys.stderr)
         return 1
-    snapshot = Snapshot(target=args.battles, demo_note=arena.note)
-    code = 0
-    try:
-        async with (
-            StatusReader(arena.nats_url, arena.samples_dir) as reader,
-            serve_leaderboard("127.0.0.1", args.port, lambda: snapshot) as port,
-        ):
-            print(
-                f"arena running after {time.monotonic() - start:.1f}s; leaderboard: "
-                f"http://127.0.0.1:{port}/  (Ctrl-C stops)",
-                flush=True,
-            )
-            with Display(enabled=sys.stdout.isatty() and not args.plain) as display:
-                while not stop.is_set():
-                    try:
-                        await asyncio.to_thread(arena.supervise)
-                    except RuntimeError as exc:
-                        print(f"warriorcoder up: {exc}", file=sys.stderr)
-                        code = 1
-                        break
-                    snapshot = await reader.snapshot()
-                    snapshot.target, snapshot.demo_note = args.battles, arena.note
-                    snapshot.events = list(arena.events)
-                    display.update(snapshot)
-                    if args.battles is not None and snapshot.samples >= args.battles:
-                        break
-                    if args.timeout and time.monotonic() - start > args.timeout:
-                        print(
-                            f"warriorcoder up: timed out after {args.timeout:g}s", file=sys.stderr
-                        )
-                        code = 1
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
-                snapshot = await reader.snapshot(final=True)
-                snapshot.target, snapshot.demo_note = args.battles, arena.note
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        what = "start-up failed: " if starting else ""
+        print(f"warriorcoder up: {what}{exc}", file=sys.stderr)
+        return 1
     finally:
-        print("stopping: draining the services", flush=True)
-        await asyncio.to_thread(arena.__exit__, None, None, None)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     _summary(snapshot, time.monotonic() - start, interrupted=stop.is_set())
     return 130 if stop.is_set() and code == 0 else code
+
+
+async def _run(
+    args: argparse.Namespace, arena: LocalArena, stop: asyncio.Event, start: float
+) -> tuple[Snapshot, int]:
+    """Show the running arena until N samples, the timeout or Ctrl-C; the final snapshot and the
+    exit code."""
+    from warriorcoder.launcher.display import Display
+    from warriorcoder.launcher.status import Snapshot
+    from warriorcoder.launcher.web import serve_leaderboard
+
+    snapshot = Snapshot(target=args.battles, demo_note=arena.note)
+    code = 0
+    async with serve_leaderboard("127.0.0.1", args.port, lambda: snapshot) as port:
+        print(
+            f"arena running after {time.monotonic() - start:.1f}s; leaderboard: "
+            f"http://127.0.0.1:{port}/  (Ctrl-C stops)",
+            flush=True,
+        )
+        with Display(enabled=sys.stdout.isatty() and not args.plain) as display:
+            while not stop.is_set():
+                snapshot = await _snapshot(args, arena)
+                display.update(snapshot)
+                if args.battles is not None and snapshot.samples >= args.battles:
+                    break
+                if args.timeout and time.monotonic() - start > args.timeout:
+                    print(f"warriorcoder up: timed out after {args.timeout:g}s", file=sys.stderr)
+                    code = 1
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)  # cancels its waiter on time-out
+            snapshot = await _snapshot(args, arena, final=True)
+    return snapshot, code
+
+
+async def _snapshot(
+    args: argparse.Namespace, arena: LocalArena, *, final: bool = False
+) -> Snapshot:
+    snapshot = await arena.state.snapshot(final=final)
+    snapshot.target, snapshot.demo_note = args.battles, arena.note
+    snapshot.events = list(arena.events)
+    return snapshot
 
 
 def _summary(s: Any, seconds: float, *, interrupted: bool) -> None:

@@ -1,14 +1,18 @@
-"""Start and stop the arena's processes on one machine: nats-server, local Triton, services.
+"""The arena's processes on one machine, started and stopped synchronously (test fixtures).
 
 Usage::
 
     nats = start_nats(store_dir=Path("data/nats"))
-    triton = start_scripted_triton(models_file, log_dir=Path("data/logs"))
-    svc = start_service("judge", config_path, http_port=9102, log_dir=Path("data/logs"))
+    triton = start_scripted_triton(models_file, ["alpha"], log_path=Path("data/logs/triton.log"))
+    svc = start_service("judge", config_path, http_port=9102, log_path=Path("data/logs/judge.log"))
     ...
     svc.stop(); triton.stop(); nats.stop()
 
-Used by ``warriorcoder up`` and by the test fixtures, so both run the same real servers.
+The command lines (``nats_argv``, ``triton_argv``, ``service_argv``) and readiness probes
+(``port_open``, ``http_ok``) are shared with the async supervisor of ``warriorcoder up``
+(``warriorcoder.launcher.children``), so fixtures and ``up`` run the same real servers the same
+way. Children run in their own session (Ctrl-C in a terminal reaches only the parent) with their
+output in a log file.
 """
 
 from __future__ import annotations
@@ -23,21 +27,39 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from warriorcoder.testing.scripted_server import triton_env
 
 __all__ = [
+    "HF_SERVER",
+    "NATS_READY_LINE",
+    "SCRIPTED_SERVER",
     "ManagedProcess",
+    "ProcessInfo",
+    "TritonPorts",
     "free_port",
+    "http_ok",
+    "nats_argv",
     "nats_server_binary",
+    "port_open",
+    "service_argv",
+    "spawn_process",
+    "start_hf_triton",
     "start_local_triton",
     "start_nats",
     "start_scripted_triton",
     "start_service",
+    "triton_argv",
     "wait_http",
+    "wait_ready",
 ]
+
+NATS_READY_LINE = b"Server is ready"  # logged once the client port and JetStream are up
+SCRIPTED_SERVER = "warriorcoder.testing.scripted_server"
+HF_SERVER = "warriorcoder.localmodels.hf_server"
 
 
 def free_port() -> int:
@@ -46,12 +68,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 @dataclass
-class ManagedProcess:
+class ProcessInfo:
+    """What a started child is: its name, its log and the ports it serves."""
+
     name: str
-    proc: subprocess.Popen[bytes]
     log_path: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@dataclass
+class ManagedProcess(ProcessInfo):
+    """A child under ``subprocess.Popen``; ``stop()`` sends SIGTERM, then SIGKILL."""
+
+    proc: subprocess.Popen[bytes] = field(kw_only=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -69,31 +118,37 @@ class ManagedProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def log_tail(self, chars: int = 3000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
 
-
-def _spawn(
+def spawn_process(
     name: str, argv: list[str], log_path: Path | None, env: dict[str, str] | None = None
 ) -> ManagedProcess:
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
-    else:
-        out = None
-    proc = subprocess.Popen(
-        argv,
-        stdout=out or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor, not every child
-    )
-    if out is not None:
-        out.close()
-    return ManagedProcess(name=name, proc=proc, log_path=log_path)
+    """Start ``argv`` in its own session with its output appended to ``log_path``."""
+    with open(log_path, "ab") if log_path is not None else contextlib.nullcontext() as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the parent, not every child
+        )
+    return ManagedProcess(name=name, log_path=log_path, proc=proc)
+
+
+def wait_ready(ready: Callable[[], bool], proc: ManagedProcess, what: str, timeout: float) -> None:
+    """Poll ``ready`` until it holds; raises if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {timeout:g}s:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
+# -- command lines ------------------------------------------------------------------------------
 
 
 def nats_server_binary() -> str:
@@ -109,24 +164,9 @@ def nats_server_binary() -> str:
     return found
 
 
-def _wait_port(port: int, proc: ManagedProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{proc.name} did not listen on port {port} within {timeout:g}s")
-
-
-def start_nats(
-    store_dir: Path, *, port: int | None = None, log_path: Path | None = None
-) -> ManagedProcess:
+def nats_argv(store_dir: Path, port: int) -> list[str]:
     """A JetStream-enabled nats-server with its store in ``store_dir``, on loopback."""
-    port = port or free_port()
-    store_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
+    return [
         nats_server_binary(),
         "--jetstream",
         "--store_dir",
@@ -136,26 +176,83 @@ def start_nats(
         "--port",
         str(port),
     ]
-    proc = _spawn("nats-server", argv, log_path)
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    grpc: int
+    http: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> TritonPorts:
+        return cls(grpc=free_port(), http=free_port(), metrics=free_port())
+
+    def as_dict(self) -> dict[str, int]:
+        return {"grpc": self.grpc, "http": self.http, "metrics": self.metrics}
+
+    def model_ready_url(self, model: str) -> str:
+        return f"http://127.0.0.1:{self.http}/v2/models/{model}/ready"
+
+
+def triton_argv(
+    module: str, models_file: Path, ports: TritonPorts, extra_args: list[str] | None = None
+) -> list[str]:
+    """A real Triton Inference Server (PyTriton) run by ``python -m MODULE --models FILE``;
+    start it with ``env=triton_env()``."""
+    return [
+        sys.executable,
+        "-m",
+        module,
+        "--models",
+        str(models_file),
+        "--grpc-port",
+        str(ports.grpc),
+        "--http-port",
+        str(ports.http),
+        "--metrics-port",
+        str(ports.metrics),
+        *(extra_args or []),
+    ]
+
+
+def service_argv(service: str, config_path: Path, http_port: int) -> list[str]:
+    """One arena service as its own OS process (``warriorcoder serve SERVICE``)."""
+    return [
+        sys.executable,
+        "-m",
+        "warriorcoder.cli",
+        "serve",
+        service,
+        "--config",
+        str(config_path),
+        "--http-port",
+        str(http_port),
+    ]
+
+
+# -- synchronous starters (fixtures, deploy checks) ---------------------------------------------
+
+
+def start_nats(
+    store_dir: Path, *, port: int | None = None, log_path: Path | None = None
+) -> ManagedProcess:
+    """A JetStream-enabled nats-server with its store in ``store_dir``, on loopback."""
+    port = port or free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    proc = spawn_process("nats-server", nats_argv(store_dir, port), log_path)
     proc.ports["client"] = port
-    _wait_port(port, proc, 20)
+    try:
+        wait_ready(lambda: port_open(port), proc, f"nats-server port {port}", 20)
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
 def wait_http(url: str, proc: ManagedProcess, timeout: float) -> None:
     """Wait for ``url`` to answer 200 while ``proc`` lives."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready within {timeout:g}s:\n{proc.log_tail()}")
+    wait_ready(lambda: http_ok(url), proc, url, timeout)
 
 
 def start_local_triton(
@@ -170,26 +267,13 @@ def start_local_triton(
 ) -> ManagedProcess:
     """A real Triton Inference Server (PyTriton) run by ``python -m MODULE --models FILE`` on
     free ports; returns once every model of ``model_names`` is ready."""
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        module,
-        "--models",
-        str(models_file),
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-        "--metrics-port",
-        str(metrics_port),
-        *(extra_args or []),
-    ]
-    proc = _spawn(name, argv, log_path, env=triton_env())
-    proc.ports.update(grpc=grpc_port, http=http_port, metrics=metrics_port)
+    ports = TritonPorts.free()
+    argv = triton_argv(module, models_file, ports, extra_args)
+    proc = spawn_process(name, argv, log_path, env=triton_env())
+    proc.ports.update(ports.as_dict())
     try:
         for model in model_names:
-            wait_http(f"http://127.0.0.1:{http_port}/v2/models/{model}/ready", proc, timeout)
+            wait_http(ports.model_ready_url(model), proc, timeout)
     except BaseException:
         proc.stop()
         raise
@@ -205,9 +289,30 @@ def start_scripted_triton(
 ) -> ManagedProcess:
     """A real Triton Inference Server (PyTriton) serving the scripted test models."""
     return start_local_triton(
-        "warriorcoder.testing.scripted_server",
+        SCRIPTED_SERVER, models_file, model_names, log_path=log_path, timeout=timeout
+    )
+
+
+def start_hf_triton(
+    models_file: Path,
+    model_names: list[str],
+    *,
+    log_path: Path | None = None,
+    threads: int = 0,
+    timeout: float = 300.0,
+) -> ManagedProcess:
+    """A real Triton Inference Server (PyTriton) serving the Hugging Face models of
+    ``models_file`` (``warriorcoder.localmodels.hf_server``).
+
+    Returns once every model of ``model_names`` is ready (its weights loaded). ``threads``: torch
+    CPU threads (0: torch's default).
+    """
+    return start_local_triton(
+        HF_SERVER,
         models_file,
         model_names,
+        name="hf-tritonserver",
+        extra_args=["--threads", str(threads)],
         log_path=log_path,
         timeout=timeout,
     )
@@ -221,19 +326,10 @@ def start_service(
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> ManagedProcess:
-    """One arena service as its own OS process (``warriorcoder serve SERVICE``)."""
+    """One arena service as its own OS process (``warriorcoder serve SERVICE``); returns at once
+    (its ``/healthz`` answers once it is connected)."""
     port = http_port or free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "warriorcoder.cli",
-        "serve",
-        service,
-        "--config",
-        str(config_path),
-        "--http-port",
-        str(port),
-    ]
-    proc = _spawn(service, argv, log_path, env={**os.environ, **(env or {})})
+    argv = service_argv(service, config_path, port)
+    proc = spawn_process(service, argv, log_path, env={**os.environ, **(env or {})})
     proc.ports["http"] = port
     return proc

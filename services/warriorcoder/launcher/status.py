@@ -1,17 +1,20 @@
-"""A snapshot of a running arena for the terminal display and the leaderboard page.
+"""The state of a running arena, read over one NATS connection: the supervisor's and the display's.
 
 Usage::
 
     async with StatusReader(nats_url, samples_dir) as reader:
+        await reader.set_budget(40 - await reader.samples() - await reader.pending())
         snap = await reader.snapshot()
 
 Backlogs come from the work streams (work-queue streams hold exactly the messages not yet acked),
-ratings and rejection counts from their KV buckets, samples from the data directory; the
-Bradley-Terry leaderboard is recomputed from the samples' votes at most every ``bt_every_s``.
+the budget from the schedule bucket, ratings and rejection counts from their KV buckets, samples
+from the data directory; the Bradley-Terry leaderboard is recomputed from the samples' votes at
+most every ``bt_every_s``. Shard scans and the bootstrap run in a thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -20,18 +23,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from warriorcoder.data.bradley_terry import Row, leaderboard
 from warriorcoder.data.votes import votes_from_samples
-from warriorcoder.launcher.arena import count_samples
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Ratings, decode
-from warriorcoder.runtime.bus import connect
+from warriorcoder.proto.messages import decode
+from warriorcoder.proto.state import Ratings
+from warriorcoder.runtime.bus import Bus, connect
 from warriorcoder.runtime.settings import NatsSettings
-from warriorcoder.stages.aggregator.dataset import read_samples
+from warriorcoder.stages.aggregator.dataset import SHARD_GLOB, read_samples
+from warriorcoder.stages.challenger.state import Budget, RejectionStats
 
-__all__ = ["STAGES", "Snapshot", "StatusReader"]
+__all__ = ["STAGES", "Snapshot", "StatusReader", "count_samples"]
 
 # stage -> the work stream it consumes
 STAGES = {
@@ -39,6 +44,16 @@ STAGES = {
     "judge": subjects.STREAM_BATTLES,
     "aggregator": subjects.STREAM_JUDGEMENTS,
 }
+_MISSING = (BucketNotFoundError, NotFoundError, KeyNotFoundError)
+
+
+def count_samples(samples_dir: Path) -> int:
+    """Complete sample lines in the shards of a data directory (blocking: a file scan)."""
+    n = 0
+    for path in samples_dir.glob(SHARD_GLOB):
+        with path.open("rb") as f:
+            n += sum(1 for line in f if line.endswith(b"\n") and line.strip())
+    return n
 
 
 @dataclass
@@ -83,6 +98,8 @@ class Snapshot:
 
 
 class StatusReader:
+    """One NATS connection for everything ``warriorcoder up`` reads or sets in the arena."""
+
     def __init__(
         self, nats_url: str, samples_dir: Path, *, bt_every_s: float = 5.0, bootstrap: int = 200
     ) -> None:
@@ -90,7 +107,8 @@ class StatusReader:
         self.samples_dir = samples_dir
         self.bt_every_s = bt_every_s
         self.bootstrap = bootstrap
-        self._nc: Any = None
+        self._nc: NATS | None = None
+        self._conn: Bus | None = None
         self._history: deque[tuple[float, int]] = deque(maxlen=30)
         self._board: list[Row] = []
         self._board_at = 0.0
@@ -98,6 +116,7 @@ class StatusReader:
 
     async def __aenter__(self) -> StatusReader:
         self._nc = await connect(self.cfg, name="warriorcoder-up", persistent=False)
+        self._conn = Bus(self._nc, self.cfg, stage="up")
         return self
 
     async def __aexit__(
@@ -109,52 +128,87 @@ class StatusReader:
         if self._nc is not None:
             await self._nc.close()
 
+    @property
+    def _bus(self) -> Bus:
+        if self._conn is None:
+            raise RuntimeError("StatusReader is not entered")
+        return self._conn
+
+    # -- the pieces -----------------------------------------------------------------------------
+
+    async def samples(self) -> int:
+        return await asyncio.to_thread(count_samples, self.samples_dir)
+
+    async def backlog(self) -> dict[str, int]:
+        """Messages waiting per consuming stage (0 for a stream not created yet)."""
+        counts = {}
+        for stage, stream in STAGES.items():
+            try:
+                counts[stage] = await self._bus.backlog(stream)
+            except NotFoundError:
+                counts[stage] = 0
+        return counts
+
+    async def pending(self) -> int:
+        """Battles in the pipeline: each becomes one sample."""
+        return sum((await self.backlog()).values())
+
+    async def budget(self) -> int | None:
+        """Challenges still to mine (None: no limit, or no budget set yet)."""
+        try:
+            return await Budget(await self._bus.js.key_value(subjects.KV_SCHEDULE)).remaining()
+        except _MISSING:
+            return None
+
+    async def set_budget(self, n: int) -> None:
+        """Set the arena-wide challenge budget (creating its bucket on a fresh arena)."""
+        await Budget(await self._bus.kv(subjects.KV_SCHEDULE)).set(n)
+
+    async def add_budget(self, n: int) -> None:
+        await Budget(await self._bus.kv(subjects.KV_SCHEDULE)).add(n)
+
+    async def dead_letters(self) -> int:
+        with contextlib.suppress(NotFoundError):
+            return await self._bus.backlog(subjects.STREAM_DLQ)
+        return 0
+
+    async def ratings(self) -> tuple[dict[str, float], int]:
+        """Elo ratings by model and the battles rated."""
+        try:
+            kv = await self._bus.js.key_value(subjects.KV_RATINGS)
+            doc = decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
+        except _MISSING:
+            return {}, 0
+        return dict(doc.ratings), doc.battles
+
+    async def rejections(self) -> dict[str, int]:
+        try:
+            return await RejectionStats.read(await self._bus.js.key_value(subjects.KV_STATS))
+        except (BucketNotFoundError, NotFoundError):
+            return {}
+
+    # -- the whole picture ----------------------------------------------------------------------
+
     async def snapshot(self, *, final: bool = False) -> Snapshot:
         """The arena now; ``final`` recomputes the leaderboard whatever its age."""
-        snap = Snapshot(samples=count_samples(self.samples_dir))
+        snap = Snapshot(samples=await self.samples())
         now = time.monotonic()
         self._history.append((now, snap.samples))
         t0, n0 = self._history[0]
         snap.samples_per_s = (snap.samples - n0) / (now - t0) if now > t0 else 0.0
-        js = self._nc.jetstream()
-        for stage, stream in STAGES.items():
-            try:
-                snap.backlog[stage] = int((await js.stream_info(stream)).state.messages)
-            except NotFoundError:
-                snap.backlog[stage] = 0
-        with contextlib.suppress(NotFoundError):
-            snap.dead_letters = int((await js.stream_info(subjects.STREAM_DLQ)).state.messages)
-        snap.elo, snap.battles_rated = await self._ratings(js)
-        snap.rejections = await self._rejections(js)
-        snap.budget = await self._budget(js)
+        snap.backlog = await self.backlog()
+        snap.dead_letters = await self.dead_letters()
+        snap.elo, snap.battles_rated = await self.ratings()
+        snap.rejections = await self.rejections()
+        snap.budget = await self.budget()
         due = snap.samples != self._board_samples and now - self._board_at >= self.bt_every_s
         if final or due:
-            samples = read_samples(self.samples_dir)
-            self._board = leaderboard(votes_from_samples(samples), bootstrap_n=self.bootstrap)
+            self._board = await asyncio.to_thread(self._leaderboard)
             self._board_at, self._board_samples = now, snap.samples
         snap.leaderboard = self._board
         return snap
 
-    async def _ratings(self, js: Any) -> tuple[dict[str, float], int]:
-        try:
-            kv = await js.key_value(subjects.KV_RATINGS)
-            doc = decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
-        except (BucketNotFoundError, NotFoundError, KeyNotFoundError):
-            return {}, 0
-        return dict(doc.ratings), doc.battles
-
-    async def _rejections(self, js: Any) -> dict[str, int]:
-        from warriorcoder.stages.challenger.filters import RejectionStats
-
-        try:
-            return await RejectionStats.read(await js.key_value(subjects.KV_STATS))
-        except (BucketNotFoundError, NotFoundError):
-            return {}
-
-    async def _budget(self, js: Any) -> int | None:
-        from warriorcoder.stages.challenger.filters import Budget
-
-        try:
-            return await Budget(await js.key_value(subjects.KV_SCHEDULE)).remaining()
-        except (BucketNotFoundError, NotFoundError):
-            return None
+    def _leaderboard(self) -> list[Row]:
+        """Bradley-Terry with bootstrap intervals over every sample's votes (CPU-heavy)."""
+        votes = votes_from_samples(read_samples(self.samples_dir))
+        return leaderboard(votes, bootstrap_n=self.bootstrap)

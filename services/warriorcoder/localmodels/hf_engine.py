@@ -3,13 +3,17 @@
 Usage::
 
     engine = HFEngine.load("qwen", "Qwen/Qwen2.5-0.5B-Instruct", device="auto", dtype="auto")
-    [texts] = engine.run_batch([Job(prompt, {"max_tokens": 32, "stop": ["<|im_end|>"]})])
+    [completions] = engine.run_batch([Job(prompt, {"max_tokens": 32, "stop": ["<|im_end|>"]})])
+    text, reason, tokens = completions[0].text, completions[0].finish_reason, completions[0].tokens
 
-The blocking half of ``warriorcoder.localmodels.hf_server``: one ``run_batch`` call takes the
-requests the server collected for one model and serves them with one ``model.generate`` call
-(prompts left-padded) plus, for ``guided_decoding`` choice requests, one forward pass that scores
-every choice. Prompts are raw text, tokenized with ``add_special_tokens=False`` (a rendered chat
-template already holds its BOS) and never templated here.
+The blocking half of ``warriorcoder.localmodels.hf_server`` (an ``Engine`` of
+``warriorcoder.localmodels.jobs``): one ``run_batch`` call takes the requests the server collected
+for one model and serves them with one ``model.generate`` call (prompts left-padded) plus, for
+guided choice requests, one forward pass that scores every choice. Prompts are raw text, never
+templated here, and tokenized as vLLM tokenizes a text prompt: *with* special tokens, so a
+tokenizer that adds a BOS (Llama 3, DeepSeek) adds it here too, and a client that sends a rendered
+template's own BOS as well gets two, as it would from vLLM (``warriorcoder.runtime.roster`` sends
+prompts without it).
 Sampling follows vLLM's ``SamplingParams`` row by row, so requests with different parameters share
 a batch: repetition penalty (prompt and output tokens), presence and frequency penalties (output
 tokens), then temperature (0 is greedy), top_k, top_p and min_p. Each row samples with its own
@@ -19,9 +23,12 @@ differences of batched kernels). A row stops at the tokenizer's or generation co
 ``ignore_eos``), at ``max_tokens`` (default 16, as vLLM) or once one of its ``stop`` strings
 appears in the raw decoded text (special tokens included, so ``<|im_end|>`` stops even when it is
 not an EOS); the text is then cut before the first stop string (exclusive) and decoded with
-``skip_special_tokens`` (default true). Token ids beyond the tokenizer's vocabulary (padded
-embedding rows) are never sampled. Generation is capped by the context length: a prompt that does
-not fit is an error, and a batch generates at most ``context - longest prompt`` tokens.
+``skip_special_tokens`` (default true). Each sample reports vLLM's finish reason (``stop`` for EOS
+or a stop string, ``length`` for ``max_tokens`` or the context) and its token count (the tokens
+generated, the EOS or the stop string's tokens included, as vLLM's ``output.token_ids``). Token
+ids beyond the tokenizer's vocabulary (padded embedding rows) are never sampled. Generation is
+capped by the context length: a prompt that does not fit is an error, and a batch generates at
+most ``context - longest prompt`` tokens.
 
 Guided choice returns the choice whose tokens (tokenized alone, appended to the prompt's tokens)
 have the highest total log-likelihood after the prompt; the first wins a tie. Sampling parameters
@@ -52,13 +59,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from warriorcoder.localmodels.hf_server import Job, Outcome, ShuttingDown
+from warriorcoder.localmodels.jobs import Completion, Job, Outcome, ShuttingDown
+from warriorcoder.runtime.vllm import DEFAULT_MAX_TOKENS
 
 __all__ = ["DEFAULT_MAX_TOKENS", "BatchStats", "HFEngine", "cut_at_stop", "resolve_device"]
 
 LOGGER = logging.getLogger("warriorcoder.localmodels.hf_engine")
 
-DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default (scripted.VLLM_DEFAULT_MAX_TOKENS)
 _GREEDY_EPS = 1e-5  # vLLM treats a temperature below this as greedy
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -123,6 +130,8 @@ class _Row:
     stops: list[str]
     generator: torch.Generator
     kept: int | None = None  # generated tokens kept once the row is done
+    generated: int = 0  # tokens generated once done (the EOS included)
+    reason: str = "length"  # vLLM's finish reason once done
 
 
 class _RowSampler(LogitsProcessor):
@@ -217,17 +226,18 @@ class _RowStopper(StoppingCriteria):
 
     def _check(self, row: _Row, generated: torch.Tensor, steps: int) -> None:
         last = int(generated[steps - 1])
+        row.generated = steps
         if not row.ignore_eos and last in self.eos:
-            row.kept = steps - 1
+            row.kept, row.reason = steps - 1, "stop"
             return
         if row.stops:
             tail = generated[max(0, steps - self.window) : steps].tolist()
             text = self.tokenizer.decode(tail, skip_special_tokens=False)
             if any(s in text for s in row.stops):
-                row.kept = steps
+                row.kept, row.reason = steps, "stop"
                 return
         if steps >= row.limit:
-            row.kept = steps
+            row.kept = steps  # reason stays "length"
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -332,7 +342,8 @@ class HFEngine:
         return [o if o is not None else ValueError("internal: no outcome") for o in outcomes]
 
     def _encode_prompt(self, job: Job) -> list[int]:
-        ids: list[int] = self.tokenizer(job.prompt, add_special_tokens=False)["input_ids"]
+        # As vLLM tokenizes a text prompt: with the tokenizer's special tokens (its BOS).
+        ids: list[int] = self.tokenizer(job.prompt, add_special_tokens=True)["input_ids"]
         if not ids:
             raise ValueError("text_input: the prompt is empty; it must be at least one token")
         extra = 1 if job.choices is None else max(len(self._encode_choice(c)) for c in job.choices)
@@ -409,14 +420,16 @@ class HFEngine:
             ),
         )
         generated = out[:, width:].cpu()
-        results: list[list[str]] = [[] for _ in jobs]
+        results: list[list[Completion]] = [[] for _ in jobs]
         new_tokens = 0
         for i, row in enumerate(rows):
-            kept = row.kept if row.kept is not None else min(generated.shape[1], row.limit)
-            new_tokens += kept
+            if row.kept is None:  # generate's own max_new_tokens (the context) ended it
+                row.kept = row.generated = min(generated.shape[1], row.limit)
+            new_tokens += row.kept
             skip = bool(jobs[row.job].params.get("skip_special_tokens", True))
-            text = self.tokenizer.decode(generated[i, :kept].tolist(), skip_special_tokens=skip)
-            results[row.job].append(cut_at_stop(text, row.stops))
+            ids = generated[i, : row.kept].tolist()
+            text = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=skip), row.stops)
+            results[row.job].append(Completion(text, row.reason, row.generated))
         return list(results), new_tokens
 
     # ----------------------------------------------------------- guided choice
@@ -459,7 +472,8 @@ class HFEngine:
             mine = scores[at : at + len(choices)]
             at += len(choices)
             best = mine.index(max(mine))  # the first of equally likely choices
-            results.append([choices[best]] * _n(job.params))
+            size = len(self._encode_choice(choices[best]))
+            results.append([Completion(choices[best], "stop", size)] * _n(job.params))
         return results
 
 

@@ -3,21 +3,28 @@
 Usage::
 
     nc = await connect(settings.nats)
-    bus = Bus(nc, settings.nats)
-    await bus.ensure_topology()
-    await bus.publish(subjects.BATTLES, battle)        # Nats-Msg-Id = battle.id
-    await bus.consume(STREAM_CHALLENGES, "responder", Challenge, handle, stop=stop, stage=...)
+    bus = Bus(nc, settings.nats, stage="responder")
+    await bus.ensure_topology()                     # the streams of warriorcoder.proto.topology
+    await bus.publish(subjects.BATTLES, battle, msg_id=battle.id)
+    await bus.consume(
+        subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge, handle,
+        stop=stop, max_in_flight=32, drain_timeout_s=20,
+    )
+    ratings = await bus.kv(subjects.KV_RATINGS)     # a declared bucket, created on first use
 
 Delivery is at least once with explicit acks. A handler's outcome maps to JetStream: return → ack;
 a retryable ``ArenaError`` (or any unforeseen exception) → nak with back-off, until ``max_deliver``
-deliveries, then dead letter; a permanent ``ArenaError`` (``PoisonError``, a permanent inference
-error) or an undecodable message → dead letter at once, with its reason. While a handler runs, the
-message gets ``in_progress()`` heartbeats so a long LLM call is not redelivered. """
+deliveries, then dead letter (with the error's ``reason``, or ``handler_error`` for an unforeseen
+one); a permanent ``ArenaError`` (``PoisonError``, a permanent inference error) or an undecodable
+message → dead letter at once, with its reason. While a handler runs, the message gets
+``in_progress()`` heartbeats so a long LLM call is not redelivered. Every task the bus starts
+(handlers, heartbeats, the stop waiter, the lag watcher) is cancelled and awaited before
+``consume`` returns.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -34,14 +41,18 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from warriorcoder.errors import ArenaError, PoisonError
-from warriorcoder.proto import subjects
+from warriorcoder.proto import subjects, topology
 from warriorcoder.proto.messages import DeadLetter, encode
+from warriorcoder.proto.topology import Stream
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.settings import NatsSettings
 
 __all__ = [
     "Bus",
     "connect",
+    "ensure_stream",
+    "stream_config",
+    "stream_configs",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,41 +109,54 @@ async def connect(
     return nc
 
 
-def _work_stream(name: str, subject: str, cfg: NatsSettings) -> js_api.StreamConfig:
+_RETENTION = {
+    "workqueue": js_api.RetentionPolicy.WORK_QUEUE,
+    "limits": js_api.RetentionPolicy.LIMITS,
+}
+
+
+def stream_config(
+    stream: Stream,
+    *,
+    replicas: int,
+    duplicate_window_s: float | None = None,
+    max_age_s: float | None = None,
+) -> js_api.StreamConfig:
+    """The JetStream configuration of a declared stream; the window and age apply only where the
+    declaration asks for them (``dedup_window``, ``max_age``; 0 or None: the server's default)."""
     return js_api.StreamConfig(
-        name=name,
-        subjects=[subject],
-        retention=js_api.RetentionPolicy.WORK_QUEUE,
+        name=stream.name,
+        subjects=list(stream.subjects),
+        retention=_RETENTION[stream.retention],
         storage=js_api.StorageType.FILE,
-        num_replicas=cfg.stream_replicas,
-        duplicate_window=cfg.duplicate_window_s,
+        num_replicas=replicas,
+        duplicate_window=(duplicate_window_s or 0) if stream.dedup_window else 0,
+        max_age=(max_age_s or None) if stream.max_age else None,
         discard=js_api.DiscardPolicy.OLD,
     )
 
 
-def topology(cfg: NatsSettings) -> list[js_api.StreamConfig]:
-    """Every stream of the arena."""
+def stream_configs(cfg: NatsSettings) -> list[js_api.StreamConfig]:
+    """Every stream ``ensure_topology`` creates: each declared stream except the optional ones."""
     return [
-        _work_stream(subjects.STREAM_CHALLENGES, subjects.CHALLENGES, cfg),
-        _work_stream(subjects.STREAM_BATTLES, subjects.BATTLES, cfg),
-        _work_stream(subjects.STREAM_JUDGEMENTS, subjects.JUDGEMENTS, cfg),
-        js_api.StreamConfig(
-            name=subjects.STREAM_SAMPLES,
-            subjects=[subjects.SAMPLES],
-            retention=js_api.RetentionPolicy.LIMITS,
-            storage=js_api.StorageType.FILE,
-            num_replicas=cfg.stream_replicas,
-            duplicate_window=cfg.duplicate_window_s,
-            max_age=cfg.samples_max_age_s or None,
-        ),
-        js_api.StreamConfig(
-            name=subjects.STREAM_DLQ,
-            subjects=[f"{subjects.DLQ_PREFIX}.>"],
-            retention=js_api.RetentionPolicy.LIMITS,
-            storage=js_api.StorageType.FILE,
-            num_replicas=cfg.stream_replicas,
-        ),
+        stream_config(
+            s,
+            replicas=cfg.stream_replicas,
+            duplicate_window_s=cfg.duplicate_window_s,
+            max_age_s=cfg.samples_max_age_s,
+        )
+        for s in topology.STREAMS
+        if not s.optional
     ]
+
+
+async def ensure_stream(js: JetStreamContext, sc: js_api.StreamConfig) -> None:
+    """Create a stream or bring it up to date; safe to run from many replicas at once."""
+    try:
+        await js.add_stream(sc)
+    except BadRequestError:
+        # Exists with another config (e.g. older version): bring it up to date.
+        await js.update_stream(sc)
 
 
 class Bus:
@@ -147,13 +171,10 @@ class Bus:
     # -- topology -------------------------------------------------------------------------------
 
     async def ensure_topology(self) -> None:
-        """Create or update every stream; safe to run from many replicas at once."""
-        for sc in topology(self.cfg):
-            try:
-                await self.js.add_stream(sc)
-            except BadRequestError:
-                # Exists with another config (e.g. older version): bring it up to date.
-                await self.js.update_stream(sc)
+        """Create or update every stream of the topology (but the optional ones, which the
+        feature that uses them creates); safe to run from many replicas at once."""
+        for sc in stream_configs(self.cfg):
+            await ensure_stream(self.js, sc)
 
     async def ensure_consumer(self, stream: str, durable: str) -> None:
         """A durable pull consumer with explicit acks, shared by all replicas of a stage."""
@@ -169,8 +190,11 @@ class Bus:
         # Creating an existing durable with changed editable fields (ack_wait, ...) updates it.
         await self.js.add_consumer(stream, cc)
 
-    async def kv(self, bucket: str, *, history: int = 1) -> KeyValue:
-        """Open a KV bucket, creating it if missing (idempotent across replicas)."""
+    async def kv(self, bucket: str, *, history: int | None = None) -> KeyValue:
+        """Open a declared KV bucket, creating it as declared if missing (idempotent across
+        replicas; KeyError for a bucket the topology does not declare). ``history`` overrides
+        the declared history of a bucket created here."""
+        declared = topology.bucket(bucket)
         try:
             return await self.js.key_value(bucket)
         except (BucketNotFoundError, NotFoundError):
@@ -179,7 +203,7 @@ class Bus:
             return await self.js.create_key_value(
                 js_api.KeyValueConfig(
                     bucket=bucket,
-                    history=history,
+                    history=declared.history if history is None else history,
                     storage=js_api.StorageType.FILE,
                     replicas=self.cfg.stream_replicas,
                 )
@@ -261,23 +285,32 @@ class Bus:
                     task = asyncio.create_task(self._handle(msg, decoder, handler))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    task.add_done_callback(self._log_failure)
         finally:
-            stopping.cancel()
-            lag.cancel()
+            await _cancel_and_wait(stopping, lag)
             if tasks:
                 _, pending = await asyncio.wait(set(tasks), timeout=drain_timeout_s)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            with contextlib.suppress(Exception):
+                await _cancel_and_wait(*pending)
+            try:
                 await sub.unsubscribe()
+            except Exception as exc:  # the connection closed first: nothing left to unsubscribe
+                log.debug("unsubscribe failed: %s", exc, extra={"stage": self.stage})
+
+    def _log_failure(self, task: asyncio.Task[None]) -> None:
+        # The error boundary handles the handler's errors; what escapes it is a failed ack, nak
+        # or dead letter (NATS gone): the message is redelivered after ack_wait.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("settling a message failed: %r", exc, extra={"stage": self.stage})
 
     async def _watch_lag(self, sub: Any, stream: str, every_s: float = 5.0) -> None:
         """Export the consumer's lag (not yet delivered + delivered, unacked) as the stream's
         backlog: in a work-queue stream, exactly the messages waiting for this stage."""
         while True:
-            with contextlib.suppress(Exception):  # NATS reconnecting: try again next time
+            try:
                 info = await sub.consumer_info()
+            except Exception as exc:  # NATS reconnecting: try again next time
+                log.debug("consumer lag unavailable: %s", exc, extra={"stream": stream})
+            else:
                 metrics.BACKLOG.labels(stream=stream).set(
                     int(info.num_pending or 0) + int(info.num_ack_pending or 0)
                 )
@@ -308,8 +341,10 @@ class Bus:
             metrics.MESSAGES.labels(stage=stage, outcome="dead_letter").inc()
         except asyncio.CancelledError:
             # Shutdown: give the message back now instead of after ack_wait.
-            with contextlib.suppress(Exception):
+            try:
                 await msg.nak()
+            except Exception as exc:  # redelivered after ack_wait instead
+                log.warning("could not release a message: %s", exc, extra={"stage": stage})
             metrics.MESSAGES.labels(stage=stage, outcome="released").inc()
             raise
         except Exception as exc:
@@ -318,16 +353,14 @@ class Bus:
             await msg.ack_sync()
             metrics.MESSAGES.labels(stage=stage, outcome="ack").inc()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await _cancel_and_wait(heartbeat)
             metrics.IN_FLIGHT.labels(stage=stage).dec()
             metrics.STAGE_SECONDS.labels(stage=stage).observe(time.monotonic() - start)
 
     async def _retry_or_dead_letter(self, msg: Msg, exc: Exception) -> None:
         deliveries = _deliveries(msg)
         retryable = isinstance(exc, ArenaError) and exc.retryable
-        reason = "retries_exhausted" if retryable else "handler_error"
+        reason = exc.reason if isinstance(exc, ArenaError) and retryable else "handler_error"
         if not retryable:
             log.exception("handler failed", exc_info=exc, extra={"stage": self.stage})
         if deliveries >= self.cfg.max_deliver:
@@ -352,8 +385,19 @@ class Bus:
         interval = max(self.cfg.ack_wait_s / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
+            try:
                 await msg.in_progress()
+            except Exception as exc:  # NATS reconnecting: the next beat may get through
+                log.debug("heartbeat failed: %s", exc, extra={"stage": self.stage})
+
+
+async def _cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel the tasks and wait until they have finished (their own errors are logged)."""
+    for task in tasks:
+        task.cancel()
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, Exception):
+            log.warning("background task failed: %r", result)
 
 
 def _deliveries(msg: Msg) -> int:

@@ -2,7 +2,8 @@
 
 Usage::
 
-    async with serve_http(host, port, ready=check) as site_port: ...
+    async with serve_http(host, port, ready=check, service="judge") as bound_port:
+        ...
 
 ``/healthz`` answers while the event loop runs; ``/readyz`` calls the service's readiness check
 (NATS connected, the Triton models it needs ready) and answers 503 with the reasons otherwise.
@@ -56,9 +57,9 @@ async def serve_app(app: web.Application, host: str, port: int) -> AsyncIterator
     """Serve an aiohttp app until the context exits; yields the bound port (0 picks a free one)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
     try:
+        # Inside the cleanup scope: a port already in use must not leak the runner.
+        await web.TCPSite(runner, host, port).start()
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()

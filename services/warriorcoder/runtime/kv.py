@@ -3,23 +3,31 @@ conflict.
 
 Usage::
 
-    old, new = await compare_and_set(kv, "cursor", lambda v: str(int(v or b"0") + 1).encode())
+    old, new = await compare_and_set(kv, "k", lambda v: (v or b"") + b"x")
+    before, after = await update_state(kv, "cursor", Cursor, lambda c: Cursor(next=c.next + 1))
 
-``change`` gets the current value (None when the key is absent) and returns the new one, or None
-to leave the key as it is. A missing key is created, so the first writer of several wins and the
-others retry against its value.
+``change`` gets the current value and returns the new one, or None to leave the key as it is. A
+missing key is created, so the first writer of several wins and the others retry against its
+value. ``compare_and_set`` works on bytes (None: the key is absent); ``update_state`` on the typed
+documents of ``warriorcoder.proto.state`` (an absent key reads as the empty document, a value of
+the previous untagged format is still read, and the write is always the Struct). ``on_conflict``
+is called each time a write loses the race to another writer (e.g. to count conflicts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from warriorcoder.errors import RetryableError
+from warriorcoder.proto.state import State, decode_state, encode
+from warriorcoder.runtime.ports import KeyValueStore
 
-__all__ = ["CasConflictError", "compare_and_set"]
+__all__ = ["CasConflictError", "compare_and_set", "update_state"]
+
+S = TypeVar("S", bound=State)
 
 
 class CasConflictError(RetryableError):
@@ -27,11 +35,12 @@ class CasConflictError(RetryableError):
 
 
 async def compare_and_set(
-    kv: KeyValue,
+    kv: KeyValueStore,
     key: str,
     change: Callable[[bytes | None], bytes | None],
     *,
     attempts: int | None = None,
+    on_conflict: Callable[[], None] | None = None,
 ) -> tuple[bytes | None, bytes | None]:
     """(value read, value written or None when ``change`` declined to write)."""
     tried = 0
@@ -51,6 +60,30 @@ async def compare_and_set(
             else:
                 await kv.update(key, new, last=revision)
         except KeyWrongLastSequenceError:
+            if on_conflict is not None:
+                on_conflict()
             continue
         return old, new
     raise CasConflictError(f"{key}: {tried} compare-and-set attempts lost to other writers")
+
+
+async def update_state(
+    kv: KeyValueStore,
+    key: str,
+    type_: type[S],
+    change: Callable[[S], S | None],
+    *,
+    attempts: int | None = None,
+    on_conflict: Callable[[], None] | None = None,
+) -> tuple[S, S | None]:
+    """(document read, document written or None when ``change`` declined to write)."""
+    last: list[tuple[S, S | None]] = []  # the latest attempt's (read, written)
+
+    def _change(value: bytes | None) -> bytes | None:
+        doc = decode_state(value, type_)
+        new = change(doc)
+        last.append((doc, new))
+        return None if new is None else encode(new)
+
+    await compare_and_set(kv, key, _change, attempts=attempts, on_conflict=on_conflict)
+    return last[-1]

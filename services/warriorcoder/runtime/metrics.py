@@ -53,6 +53,11 @@ GENERATED_CHARS = Counter(
     "Characters of generated text",
     ["model", "role"],
 )
+GENERATED_TOKENS = Counter(
+    "warriorcoder_generated_tokens_total",
+    "Tokens generated, as the backend counts them (where it reports them: vLLM backend 24.12+)",
+    ["model", "role"],
+)
 
 CHALLENGES_MINED = Counter(
     "warriorcoder_challenges_mined_total", "Instructions mined from attackers", ["attacker"]

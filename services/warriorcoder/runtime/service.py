@@ -2,94 +2,54 @@
 
 Usage (the entry point is the only caller)::
 
-    exit_code = serve("judge", settings)
+    exit_code = serve(STAGES["judge"].load(), settings)
 
 Resources are entered into one ``AsyncExitStack`` in dependency order (NATS, JetStream topology,
-Triton clients, HTTP endpoints) and closed in reverse. SIGTERM or SIGINT sets the stop event: the
-service stops fetching, finishes or releases in-flight messages, then NATS is drained.
+Triton clients, HTTP endpoints, the stage's own ``setup``) and closed in reverse. SIGTERM or SIGINT
+sets the stop event: the service stops fetching, finishes or releases in-flight messages, then NATS
+is drained (a drain that fails is logged and the connection closed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
+
+from nats.aio.client import Client as NATS
 
 from warriorcoder.about import __version__
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.bus import Bus, connect
 from warriorcoder.runtime.http import serve_http
 from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.runtime.stage import Deps, Stage
 from warriorcoder.runtime.triton import TritonPool
 
-__all__ = ["Deps", "Handler", "ServiceSpec", "run_service", "serve"]
+__all__ = ["run_service", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-T = TypeVar("T")
-Handler = Callable[[T], Awaitable[None]]  # handles one decoded message of a stage
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """What a service's ``run()`` receives: its settings and its clients."""
-
-    settings: ArenaSettings
-    bus: Bus
-    triton: TritonPool
-
-    async def consume(
-        self, stream: str, durable: str, type_: type[T], handler: Handler[T], stop: asyncio.Event
-    ) -> None:
-        """Run ``handler`` on the stage's work stream until ``stop``, within the service's
-        in-flight and drain limits."""
-        svc = self.settings.service
-        await self.bus.consume(
-            stream,
-            durable,
-            type_,
-            handler,
-            stop=stop,
-            max_in_flight=svc.max_in_flight,
-            drain_timeout_s=svc.drain_timeout_s,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceSpec:
-    name: str
-    run: Callable[[Deps, asyncio.Event], Awaitable[None]]
-    models: Callable[[ArenaSettings], list[str]]  # the Triton models the service calls
-
-
 async def run_service(
-    spec: ServiceSpec,
+    stage: Stage[Any],
     settings: ArenaSettings,
     stop: asyncio.Event,
     *,
     http_port: int | None = None,
 ) -> None:
-    """Run ``spec`` until ``stop`` is set (or its ``run()`` returns), then drain."""
-    metrics.INFO.labels(service=spec.name, version=__version__).set(1)
+    """Run ``stage`` until ``stop`` is set (or its ``run()`` returns), then drain."""
+    metrics.INFO.labels(service=stage.name, version=__version__).set(1)
+    svc = settings.service
     async with AsyncExitStack() as stack:
-        nc = await connect(settings.nats, name=f"warriorcoder-{spec.name}")
-
-        async def _drain() -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.drain(), timeout=settings.service.drain_timeout_s)
-
-        stack.push_async_callback(_drain)
-        bus = Bus(nc, settings.nats, stage=spec.name)
+        nc = await connect(settings.nats, name=f"warriorcoder-{stage.name}")
+        stack.push_async_callback(_drain, nc, svc.drain_timeout_s)
+        bus = Bus(nc, settings.nats, stage=stage.name)
         await bus.ensure_topology()
-        triton = await stack.enter_async_context(
-            TritonPool(settings.models, names=spec.models(settings))
-        )
+        names = stage.models(settings)
+        triton = await stack.enter_async_context(TritonPool(settings.models, names=names))
 
         async def ready() -> list[str]:
             problems = [] if nc.is_connected else ["nats: not connected"]
@@ -100,18 +60,45 @@ async def run_service(
 
         port = await stack.enter_async_context(
             serve_http(
-                settings.service.http_host,
-                settings.service.http_port if http_port is None else http_port,
+                svc.http_host,
+                svc.http_port if http_port is None else http_port,
                 ready=ready,
-                service=spec.name,
+                service=stage.name,
             )
         )
+        deps = Deps.build(settings, names, inference=triton, bus=bus)
         log.info("service started", extra={"http_port": port, "models": triton.names})
-        await spec.run(Deps(settings=settings, bus=bus, triton=triton), stop)
+        if stage.run is not None:
+            await stage.run(deps, stop)
+        elif stage.consumes is not None and stage.setup is not None:
+            c = stage.consumes
+            handler = await stack.enter_async_context(stage.setup(deps))
+            await bus.consume(
+                c.stream,
+                c.durable,
+                c.type,
+                handler,
+                stop=stop,
+                max_in_flight=svc.max_in_flight,
+                drain_timeout_s=svc.drain_timeout_s,
+            )
         log.info("service stopping: draining")
 
 
-def serve(spec: ServiceSpec, settings: ArenaSettings, *, http_port: int | None = None) -> int:
+async def _drain(nc: NATS, timeout_s: float) -> None:
+    """Drain NATS (flush what we published, unsubscribe); close it when the drain fails."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=timeout_s)
+    except Exception as exc:
+        log.warning("nats drain failed: closing the connection", extra={"error": repr(exc)})
+        if not nc.is_closed:
+            try:
+                await nc.close()
+            except Exception as close_exc:
+                log.warning("nats close failed", extra={"error": repr(close_exc)})
+
+
+def serve(stage: Stage[Any], settings: ArenaSettings, *, http_port: int | None = None) -> int:
     """Process entry: install signal handlers, run until SIGTERM/SIGINT, return an exit code."""
 
     async def main() -> None:
@@ -119,7 +106,7 @@ def serve(spec: ServiceSpec, settings: ArenaSettings, *, http_port: int | None =
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_service(spec, settings, stop, http_port=http_port)
+        await run_service(stage, settings, stop, http_port=http_port)
 
     try:
         asyncio.run(main())

@@ -21,17 +21,24 @@ import yaml
 from msgspec import Meta
 
 from warriorcoder.errors import ArenaError
+from warriorcoder.runtime.vllm import DEFAULT_RELEASE
 
 __all__ = [
     "ArenaSettings",
+    "ChallengeSampling",
     "ChallengerSettings",
     "ChatTemplateSettings",
     "ConfigError",
+    "DecontaminationSettings",
+    "DiversitySettings",
     "JudgeSettings",
     "LocalModelSettings",
     "ModelSettings",
     "NatsSettings",
+    "NearDupSettings",
+    "QualitySettings",
     "RoleSampling",
+    "SamplingSettings",
     "ScoringSettings",
     "Secret",
     "ServiceSettings",
@@ -51,17 +58,31 @@ class ConfigError(ArenaError, ValueError):
     """The arena config is invalid; the message names the key."""
 
 
-class Secret(str):
-    """A string that never prints: ``repr`` and ``str`` formatting show ``'**********'``."""
+class Secret:
+    """A secret string that never prints or serialises: ``repr``, ``str`` and formatting show
+    ``'**********'``, and JSON encoders (orjson, msgspec, json) refuse it or, given
+    ``default=str``, write the stars. Not a ``str`` subclass on purpose: encoders write a str
+    subclass's characters, which would leak it. ``reveal()`` is the only way to the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
 
     def __repr__(self) -> str:
         return "Secret('**********')"
 
-    def reveal(self) -> str:
-        return str.__str__(self)
-
     def __str__(self) -> str:
         return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
 
 
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -89,7 +110,9 @@ class NatsSettings(_Config, frozen=True, kw_only=True):
 class ChatTemplateSettings(_Config, frozen=True, kw_only=True):
     """Either a named preset or a file (a tokenizer_config.json or a raw Jinja template)."""
 
-    preset: Literal["chatml", "qwen2.5", "llama3", "deepseek-coder"] | None = None
+    preset: (
+        Literal["chatml", "qwen2.5", "llama3", "llama3.1", "deepseek-coder", "deepseek-v2"] | None
+    ) = None
     file: str | None = None
     bos_token: str | None = None  # overrides the file's bos_token
     eos_token: str | None = None
@@ -105,19 +128,75 @@ class LocalModelSettings(_Config, frozen=True, kw_only=True):
 
 
 class ModelSettings(_Config, frozen=True, kw_only=True):
-    # host:port of Triton's gRPC endpoint, or "local": the Triton `warriorcoder up` starts,
-    # serving `local.path` through transformers
-    triton_url: str
+    """One LLM, reached in one of two ways (exactly one is given):
+
+    - ``triton_url: host:port``: the gRPC endpoint of a running Triton Inference Server;
+    - ``local: {path, ...}``: a Hugging Face model that ``warriorcoder up`` serves on the local
+      Triton it starts (transformers); its resolved config has the ``triton_url`` of that Triton.
+    """
+
+    triton_url: str | None = None
+    local: LocalModelSettings | None = None
     triton_model: str
     # preset or file; left out for a `local` model: its own template, from its tokenizer config
     chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
     contract: Literal["vllm"] = "vllm"
     max_concurrency: PositiveInt = 8
     timeout_s: PositiveFloat = 600.0
-    # The backend takes vLLM's `guided_decoding: {choice: [...]}`: verdicts and quality scores are
-    # then asked as a constrained choice, which keeps even weak models' answers well-formed.
+    # The backend takes vLLM's guided choice: verdicts and quality scores are then asked as a
+    # constrained choice, which keeps even weak models' answers well-formed.
     guided_choice: bool = False
-    local: LocalModelSettings | None = None
+    # The Triton vLLM backend's release (the container's YY.MM): it decides the guided-decoding
+    # key (`structured_outputs` from 25.11, `guided_decoding` before) and whether finish reasons
+    # and token counts are asked for (from 24.12). See warriorcoder.runtime.vllm.BackendRelease.
+    vllm_release: Annotated[str, Meta(pattern=r"^r?[0-9]{2}\.(0[1-9]|1[0-2])$")] = DEFAULT_RELEASE
+    # The model's tokenizer adds a BOS to the text it is given (Llama 3, DeepSeek: yes; Qwen has
+    # none to add). vLLM tokenizes prompts with special tokens, so the template's own leading BOS
+    # is then left out of every prompt sent (warriorcoder.runtime.roster); false keeps it.
+    tokenizer_adds_bos: bool = True
+
+    @property
+    def is_local(self) -> bool:
+        """Served by the local Triton of ``warriorcoder up`` (no Triton URL of its own yet)."""
+        return self.local is not None
+
+    @property
+    def endpoint(self) -> str:
+        """The Triton gRPC ``host:port``; a local model has none until ``warriorcoder up``
+        resolves it."""
+        if self.triton_url is None:
+            raise ConfigError(
+                f"model {self.triton_model!r} is served by `warriorcoder up` (`local`); a "
+                "service needs `triton_url: host:port`"
+            )
+        return self.triton_url
+
+    def check(self, name: str) -> None:
+        """Backend and template checks of ``$.models.<name>``; raises ConfigError naming the key."""
+        key = f"`$.models.{name}"
+        if self.triton_url == "local":
+            raise ConfigError(
+                f"{key}.triton_url`: 'local' is not an address: leave `triton_url` out and give "
+                "the model a `local: {path: ...}` section (served by `warriorcoder up`)"
+            )
+        if self.triton_url is not None and self.local is not None:
+            raise ConfigError(
+                f"{key}`: give `triton_url` (a running Triton) or `local` (served by "
+                "`warriorcoder up`), not both"
+            )
+        if self.triton_url is None and self.local is None:
+            raise ConfigError(
+                f"{key}`: give `triton_url: host:port` (a running Triton) or a "
+                "`local: {path: ...}` section (served by `warriorcoder up`)"
+            )
+        tpl = self.chat_template
+        if tpl.preset is not None and tpl.file is not None:
+            raise ConfigError(f"{key}.chat_template`: give one of `preset` or `file`, not both")
+        if tpl.preset is None and tpl.file is None and not self.is_local:
+            raise ConfigError(
+                f"{key}.chat_template`: give `preset` or `file` (only a model served by "
+                "`warriorcoder up` from `local.path` may use its own template)"
+            )
 
 
 class RoleSampling(_Config, frozen=True, kw_only=True):
@@ -316,20 +395,7 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                     "naming two different competitors"
                 )
         for name, model in self.models.items():
-            if (model.triton_url == "local") != (model.local is not None):
-                raise ConfigError(
-                    f"`$.models.{name}`: `triton_url: local` and a `local` section go together"
-                )
-            tpl = model.chat_template
-            if tpl.preset is not None and tpl.file is not None:
-                raise ConfigError(
-                    f"`$.models.{name}.chat_template`: give one of `preset` or `file`, not both"
-                )
-            if tpl.preset is None and tpl.file is None and model.local is None:
-                raise ConfigError(
-                    f"`$.models.{name}.chat_template`: give `preset` or `file` (only a model "
-                    "served by `warriorcoder up` from `local.path` may use its own template)"
-                )
+            model.check(name)
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any, env_key: str) -> None:

@@ -6,19 +6,25 @@ Usage::
         gen = await pool.generate("qwen", prompt, SamplingParams(...), stop=["<|im_end|>"],
                                   role="response")
 
-The request contract is Triton's vLLM backend: ``text_input``, ``sampling_parameters`` (JSON),
-``exclude_input_in_output=true`` and ``stream=false`` in; ``text_output`` out. The backend is
-decoupled, so each request opens one gRPC stream and reads responses until the final one.
+The request contract is Triton's vLLM backend, declared in ``warriorcoder.runtime.vllm``:
+``text_input``, ``sampling_parameters`` (JSON), ``exclude_input_in_output=true``, ``stream=false``
+and, where the model's ``vllm_release`` has them, ``return_finish_reason`` and
+``return_num_output_tokens`` in; ``text_output`` (plus ``finish_reason``, ``num_output_tokens``)
+out. A ``Generation`` carries the finish reason (``length``: cut at ``max_tokens``) and the token
+count when the backend gave them (else None). The backend is decoupled, so each request opens one
+gRPC stream and reads responses until the final one.
 Errors are typed: ``RetryableInferenceError`` (unavailable, overloaded, timed out) and
 ``InferenceError`` (bad request, unknown model) — in-band errors and gRPC transport errors alike.
+``classify_in_band`` reads the real backend's texts (see its table in tests/unit/test_vllm.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,15 +32,14 @@ from typing import Any
 
 import grpc
 import numpy as np
-import orjson
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from warriorcoder.errors import ArenaError, RetryableError
 from warriorcoder.proto.messages import SamplingParams
-from warriorcoder.runtime import metrics
-from warriorcoder.runtime.settings import ModelSettings
+from warriorcoder.runtime import metrics, vllm
+from warriorcoder.runtime.settings import ConfigError, ModelSettings
 
 __all__ = [
     "Generation",
@@ -42,6 +47,7 @@ __all__ = [
     "InferenceTimeout",
     "RetryableInferenceError",
     "TritonPool",
+    "infer_request",
 ]
 
 
@@ -67,8 +73,18 @@ class InferenceTimeout(RetryableInferenceError):
 
 @dataclass(frozen=True, slots=True)
 class Generation:
+    """One completion: its text (prompt excluded), latency and, when the backend says, why it
+    ended (vLLM's ``stop`` or ``length``) and how many tokens it generated."""
+
     text: str
     latency_s: float
+    finish_reason: str | None = None
+    output_tokens: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Cut at ``max_tokens`` (or the context), not ended by the model or a stop string."""
+        return self.finish_reason == "length"
 
 
 _RETRYABLE_CODES = {
@@ -80,23 +96,50 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
-# In-band error texts that say the request itself is wrong; anything else is taken as transient
-# (engine restarting, out of KV-cache, ...), which bounded redelivery then turns into a dead letter.
-_PERMANENT_IN_BAND = (
-    "unknown model",
-    "unknown sampling parameter",
-    "unexpected inference input",
-    "expected",
-    "invalid",
-    "not found",
-    "unsupported",
-    "must be",
+# In-band texts that ask for a retry win over everything else ("Unexpected error ..., please
+# retry" must stay retryable whatever words it holds).
+_RETRY_IN_BAND = re.compile(r"\bretry\b|\btry again\b|\btemporar", re.IGNORECASE)
+# In-band texts that say the request itself is wrong, matched as whole words. Anything else is
+# taken as transient (engine restarting, out of KV-cache, ...), which bounded redelivery then turns
+# into a dead letter. The real backend's texts (triton-inference-server/vllm_backend r25.01-r25.11,
+# Triton core, the Python backend) come first, then the local servers' own.
+_PERMANENT_IN_BAND = re.compile(
+    "|".join(
+        (
+            # vllm_backend: any sampling parameter vLLM refuses (TritonSamplingParams.from_dict
+            # returns None, then `sampling_params.lora_name` fails)
+            r"'NoneType' object has no attribute 'lora_name'",
+            # Python backend: sampling_parameters that are not JSON (execute -> _verify_loras)
+            r"\bJSONDecodeError\b",
+            # Triton core: inputs/outputs the model does not declare, missing inputs, no model
+            r"\bunexpected inference (?:input|output)\b",
+            r"\bexpected \d+ inputs? but got\b",
+            r"\bunknown model\b",
+            r"\bnot found\b",
+            # vllm_backend: LoRA, streaming with the prompt echoed, unsupported request kinds
+            r"\bLoRA feature is not enabled\b",
+            r"\bis not supported\b",
+            r"\bis not allowed\b",
+            r"\bdoes not support\b",
+            # vLLM: a prompt longer than the context, an empty prompt
+            r"\bis longer than the maximum model length\b",
+            r"\bprompt cannot be empty\b",
+            # the local servers (warriorcoder.runtime.vllm, hf_engine)
+            r"\bunknown sampling parameter\b",
+            r"\bexpected\b",
+            r"\binvalid\b",
+            r"\bunsupported\b",
+            r"\bmust be\b",
+        )
+    ),
+    re.IGNORECASE,
 )
 
 
 def classify_in_band(model: str, message: str) -> InferenceError:
-    low = message.lower()
-    if any(p in low for p in _PERMANENT_IN_BAND):
+    """The error of an in-band error text: permanent (``InferenceError``) when the text says the
+    request is wrong, else retryable."""
+    if not _RETRY_IN_BAND.search(message) and _PERMANENT_IN_BAND.search(message):
         return InferenceError(model, message)
     return RetryableInferenceError(model, message)
 
@@ -114,61 +157,44 @@ def classify_rpc(model: str, exc: grpc.RpcError) -> InferenceError:
     return RetryableInferenceError(model, text)
 
 
-def _bytes_input(name: str, value: str) -> InferInput:
-    arr = np.array([value.encode("utf-8")], dtype=np.object_)
-    i = InferInput(name, [1], "BYTES")
-    i.set_data_from_numpy(arr)
-    return i
-
-
-def _bool_input(name: str, value: bool) -> InferInput:
-    i = InferInput(name, [1], "BOOL")
-    i.set_data_from_numpy(np.array([value], dtype=np.bool_))
-    return i
-
-
-def vllm_request(
+def infer_request(
     model: str,
-    prompt: str,
-    params: SamplingParams,
-    stop: list[str],
+    inputs: Mapping[str, np.ndarray],
     request_id: str,
-    choices: list[str] | None = None,
+    outputs: Sequence[str] = (vllm.TEXT_OUTPUT,),
 ) -> dict[str, Any]:
-    """The stream_infer request dict of the vLLM backend contract."""
-    sp: dict[str, Any] = {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-    }
-    if stop:
-        sp["stop"] = stop
-    if params.seed is not None:
-        sp["seed"] = params.seed
-    if choices:
-        # vLLM's guided decoding: the output is exactly one of the choices.
-        sp["guided_decoding"] = {"choice": choices}
+    """The ``stream_infer`` request of ``inputs`` (``vllm.encode_inputs``) for ``model``, asking
+    for ``outputs`` (``vllm.requested_outputs``)."""
+    specs = {spec.name: spec for spec in vllm.INPUTS}
+    infer_inputs = []
+    for name, array in inputs.items():
+        i = InferInput(name, list(array.shape), specs[name].triton_dtype)
+        i.set_data_from_numpy(array)
+        infer_inputs.append(i)
     return {
         "model_name": model,
-        "inputs": [
-            _bytes_input("text_input", prompt),
-            _bool_input("stream", False),
-            _bytes_input("sampling_parameters", orjson.dumps(sp).decode()),
-            _bool_input("exclude_input_in_output", True),
-        ],
-        "outputs": [InferRequestedOutput("text_output")],
+        "inputs": infer_inputs,
+        "outputs": [InferRequestedOutput(name) for name in outputs],
         "request_id": request_id,
     }
 
 
-def _text_of(result: Any) -> str:
-    arr = result.as_numpy("text_output")
-    if arr is None:
-        return ""
-    return "".join(
-        x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
-        for x in arr.reshape(-1)
-    )
+@dataclass
+class _Received:
+    """What the responses of one request held, joined (one sample: ``n`` is never sent)."""
+
+    chunks: list[str]
+    finish_reason: str | None = None
+    tokens: int | None = None
+
+    def add(self, result: Any) -> None:
+        self.chunks.append("".join(vllm.decode_outputs(result.as_numpy(vllm.TEXT_OUTPUT))))
+        reasons = vllm.decode_outputs(result.as_numpy(vllm.FINISH_REASON))
+        if reasons and reasons[0] != "None":  # "None": a stream's response before the last
+            self.finish_reason = reasons[0]
+        counts = result.as_numpy(vllm.NUM_OUTPUT_TOKENS)
+        if counts is not None and counts.size:  # per response: the tokens it added
+            self.tokens = (self.tokens or 0) + int(counts.reshape(-1)[0])
 
 
 def _is_final(result: Any) -> bool:
@@ -178,13 +204,34 @@ def _is_final(result: Any) -> bool:
 
 
 class _Backend:
-    """One configured model: its client, its concurrency limit."""
+    """One configured model: its client, its concurrency limit, its backend's release."""
 
-    def __init__(self, name: str, cfg: ModelSettings, client: grpcclient.InferenceServerClient):
+    def __init__(
+        self,
+        name: str,
+        cfg: ModelSettings,
+        client: grpcclient.InferenceServerClient,
+        release: vllm.BackendRelease,
+    ):
         self.name = name
         self.cfg = cfg
         self.client = client
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
+        self.release = release
+
+
+def _release(name: str, cfg: ModelSettings) -> vllm.BackendRelease:
+    """The model's backend release; a ConfigError when it cannot serve what the model is asked."""
+    try:
+        release = vllm.BackendRelease.parse(cfg.vllm_release)
+    except ValueError as exc:
+        raise ConfigError(f"`$.models.{name}.vllm_release`: {exc}") from None
+    if cfg.guided_choice and not release.guided:
+        raise ConfigError(
+            f"`$.models.{name}`: guided_choice needs vllm_release 25.01 or later "
+            f"(got {cfg.vllm_release})"
+        )
+    return release
 
 
 class TritonPool(AbstractAsyncContextManager["TritonPool"]):
@@ -192,17 +239,17 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
 
     def __init__(self, models: Mapping[str, ModelSettings], *, names: list[str] | None = None):
         self._models = {n: models[n] for n in (names if names is not None else list(models))}
+        self._releases = {n: _release(n, cfg) for n, cfg in self._models.items()}
         self._clients: dict[str, grpcclient.InferenceServerClient] = {}
         self._backends: dict[str, _Backend] = {}
 
     async def __aenter__(self) -> TritonPool:
         for name, cfg in self._models.items():
-            client = self._clients.get(cfg.triton_url)
+            url = cfg.endpoint  # a ConfigError for a `local` model whose Triton is not known yet
+            client = self._clients.get(url)
             if client is None:
-                client = self._clients[cfg.triton_url] = grpcclient.InferenceServerClient(
-                    cfg.triton_url
-                )
-            self._backends[name] = _Backend(name, cfg, client)
+                client = self._clients[url] = grpcclient.InferenceServerClient(url)
+            self._backends[name] = _Backend(name, cfg, client, self._releases[name])
         return self
 
     async def __aexit__(
@@ -258,7 +305,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             start = time.monotonic()
             outcome = "ok"
             try:
-                text = await asyncio.wait_for(
+                got = await asyncio.wait_for(
                     self._stream_once(backend, prompt, params, stop or [], choices),
                     timeout=backend.cfg.timeout_s,
                 )
@@ -277,8 +324,11 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 elapsed = time.monotonic() - start
                 metrics.INFERENCE_SECONDS.labels(model=model, role=role).observe(elapsed)
                 metrics.INFERENCE_REQUESTS.labels(model=model, role=role, outcome=outcome).inc()
+            text = "".join(got.chunks)
             metrics.GENERATED_CHARS.labels(model=model, role=role).inc(len(text))
-            return Generation(text=text, latency_s=elapsed)
+            if got.tokens is not None:
+                metrics.GENERATED_TOKENS.labels(model=model, role=role).inc(got.tokens)
+            return Generation(text, elapsed, got.finish_reason, got.tokens)
 
     async def _stream_once(
         self,
@@ -287,13 +337,17 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         params: SamplingParams,
         stop: list[str],
         choices: list[str] | None,
-    ) -> str:
-        request = vllm_request(b.cfg.triton_model, prompt, params, stop, uuid.uuid4().hex, choices)
+    ) -> _Received:
+        inputs = vllm.generation_inputs(
+            prompt, params, stop=stop, choices=choices, release=b.release
+        )
+        outputs = vllm.requested_outputs(b.release)
+        request = infer_request(b.cfg.triton_model, inputs, uuid.uuid4().hex, outputs)
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request
 
-        chunks: list[str] = []
+        got = _Received([])
         received = 0
         responses = None
         try:
@@ -302,7 +356,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 if error is not None:
                     raise classify_in_band(b.name, str(error.message()))
                 received += 1
-                chunks.append(_text_of(result))
+                got.add(result)
                 if _is_final(result):
                     break
         except grpc.RpcError as exc:
@@ -314,4 +368,4 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 responses.cancel()  # the stream is done with; free it at once
         if received == 0:
             raise RetryableInferenceError(b.name, "stream closed without a response")
-        return "".join(chunks)
+        return got

@@ -10,17 +10,21 @@ The role is read off the prompt. A judge prompt holds ``ANSWER_A_START``; a mini
 ``challenge_system_prompt``'s phrase "wide range of"; anything else gets an answer. An answer ends
 with the line ``quality=<strength>`` and the judge prefers the higher quality.
 
-Judge parsing rule (answers are untrusted text that may contain markers or verdict labels):
-answer B runs from the *last* ``ANSWER_B_START`` to the last ``ANSWER_B_END`` after it; answer A
-runs from the last ``ANSWER_A_START`` before that B start to the last ``ANSWER_A_END`` before it.
-Within each block only the *last* line reading exactly ``quality=<n>`` counts (answerers write it
-last), so fake markers, fake tags or ``[[A]]``/``[[B]]`` inside an answer cannot flip a verdict.
-An answer without a tag has quality 0.
+Judge parsing rule (answers are untrusted text that may contain markers or verdict labels): the
+answers are read by the nonce of the prompt's own markers (``warriorcoder.arena.prompts.
+read_judge_prompt``), as a model reading the prompt sees them, so a forged marker inside an answer
+stays part of that answer. Within each answer only the *last* line reading exactly
+``quality=<n>`` counts (answerers write it last), so fake tags or ``[[A]]``/``[[B]]`` inside an
+answer cannot flip a verdict. An answer without a tag has quality 0.
+
+Sampling follows the vLLM contract of ``warriorcoder.runtime.vllm`` (``validate_sampling_params``,
+``stop_strings``, ``SAMPLING_KEYS`` and the default ``max_tokens`` are its own, re-exported here).
+``sample`` also says what vLLM would report: the finish reason (``length`` when ``max_tokens`` cut
+the text, else ``stop``) and the number of tokens (runs of non-whitespace) generated.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import threading
@@ -31,10 +35,20 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from warriorcoder.arena.prompts import ANSWER_A_END, ANSWER_A_START, ANSWER_B_END, ANSWER_B_START
+from warriorcoder.arena.prompts import ANSWER_A_START, read_judge_prompt
 from warriorcoder.arena.quality import QUESTION_START_MARK
+from warriorcoder.localmodels.models_file import (
+    check_model_name,
+    load_models_file,
+    parse_models_file,
+)
+from warriorcoder.runtime.vllm import DEFAULT_MAX_TOKENS as VLLM_DEFAULT_MAX_TOKENS
+from warriorcoder.runtime.vllm import (
+    SAMPLING_KEYS,
+    Completion,
+    stop_strings,
+    validate_sampling_params,
+)
 
 __all__ = [
     "MINING_PHRASE",
@@ -48,23 +62,15 @@ __all__ = [
     "parse_models",
     "quality_of",
     "role_of",
+    "sample",
     "stop_strings",
     "stream_chunks",
     "validate_sampling_params",
 ]
 
-VLLM_DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default when max_tokens is not sent
 MINING_PHRASE = "wide range of"  # part of challenge_system_prompt (a unit test checks)
 MINER_JUNK = "\n<|im_start|>assistant\nSure! Let me work through this step by step."
 
-_INT_KEYS = frozenset({"n", "top_k", "max_tokens", "seed"})
-_FLOAT_KEYS = frozenset(
-    {"temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
-)
-_BOOL_KEYS = frozenset({"ignore_eos", "skip_special_tokens"})
-SAMPLING_KEYS = _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS | {"stop", "guided_decoding"}
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUALITY_RE = re.compile(r"^quality=(\d+)[ \t\r]*$", re.MULTILINE)
 _MINING_LANG_RE = re.compile(r"(\S+) coding problems")
 _ANSWER_LANG_RE = re.compile(r"expert (\S+) programmer")
@@ -261,94 +267,8 @@ def quality_of(answer: str) -> int:
 
 def judge_answers(prompt: str) -> tuple[str, str]:
     """Answers A and B of a judge prompt, by the rule in the module docstring."""
-    b_start = prompt.rfind(ANSWER_B_START)
-    if b_start < 0:
-        head, answer_b = prompt, ""
-    else:
-        head, answer_b = prompt[:b_start], prompt[b_start + len(ANSWER_B_START) :]
-        b_end = answer_b.rfind(ANSWER_B_END)
-        if b_end >= 0:
-            answer_b = answer_b[:b_end]
-    a_start = head.rfind(ANSWER_A_START)
-    answer_a = head[a_start + len(ANSWER_A_START) :] if a_start >= 0 else ""
-    a_end = answer_a.rfind(ANSWER_A_END)
-    if a_end >= 0:
-        answer_a = answer_a[:a_end]
-    return answer_a.strip("\n"), answer_b.strip("\n")
-
-
-def _check_type(key: str, value: Any) -> None:
-    if key in _INT_KEYS:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        expected = "an integer"
-    elif key in _FLOAT_KEYS:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        expected = "a finite number"
-    elif key in _BOOL_KEYS:
-        ok, expected = isinstance(value, bool), "a boolean"
-    else:  # stop
-        ok = isinstance(value, str) or (
-            isinstance(value, list) and all(isinstance(s, str) for s in value)
-        )
-        expected = "a string or a list of strings"
-    if not ok:
-        raise ValueError(f"sampling_parameters.{key}: expected {expected}, got {value!r}")
-
-
-_RANGES: dict[str, tuple[str, Any]] = {
-    "n": ("must be >= 1", lambda v: v >= 1),
-    "max_tokens": ("must be >= 1", lambda v: v >= 1),
-    "top_k": ("must be -1, 0 or >= 1", lambda v: v >= -1),
-    "temperature": ("must be >= 0", lambda v: v >= 0),
-    "top_p": ("must be in (0, 1]", lambda v: 0 < v <= 1),
-    "min_p": ("must be in [0, 1]", lambda v: 0 <= v <= 1),
-    "presence_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
-    "frequency_penalty": ("must be in [-2, 2]", lambda v: -2 <= v <= 2),
-    "repetition_penalty": ("must be > 0", lambda v: v > 0),
-    "stop": ("must not contain an empty string", lambda v: "" not in stop_strings({"stop": v})),
-}
-
-
-def validate_sampling_params(params: Any) -> dict[str, Any]:
-    """Check params as vLLM's SamplingParams would; ``ValueError`` names the offending key.
-
-    Like the Triton vLLM backend, keys whose value is null are dropped (vLLM's default applies).
-    """
-    if not isinstance(params, Mapping):
-        raise ValueError(
-            f"sampling_parameters: expected a JSON object, got {type(params).__name__}"
-        )
-    checked: dict[str, Any] = {}
-    for key, value in params.items():
-        if value is None:
-            continue
-        if key not in SAMPLING_KEYS:
-            raise ValueError(f"sampling_parameters.{key}: unknown sampling parameter")
-        if key == "guided_decoding":
-            checked[key] = {"choice": guided_choices(value)}
-            continue
-        _check_type(key, value)
-        rule = _RANGES.get(key)
-        if rule is not None and not rule[1](value):
-            raise ValueError(f"sampling_parameters.{key}: {rule[0]}, got {value!r}")
-        checked[key] = value
-    return checked
-
-
-def guided_choices(value: Any) -> list[str]:
-    """The choices of vLLM's ``guided_decoding`` object (only ``choice`` is supported here)."""
-    if not isinstance(value, Mapping) or set(value) != {"choice"}:
-        raise ValueError('sampling_parameters.guided_decoding: expected {"choice": [...]}')
-    choices = value["choice"]
-    if (
-        not isinstance(choices, list)
-        or not choices
-        or not all(isinstance(c, str) and c for c in choices)
-    ):
-        raise ValueError(
-            "sampling_parameters.guided_decoding.choice: expected a non-empty list of strings"
-        )
-    return list(choices)
+    parts = read_judge_prompt(prompt)
+    return ("", "") if parts is None else (parts[1], parts[2])
 
 
 def pick_choice(text: str, choices: list[str]) -> str:
@@ -357,28 +277,33 @@ def pick_choice(text: str, choices: list[str]) -> str:
     return max(found)[1] if found else choices[0]
 
 
-def stop_strings(params: Mapping[str, Any]) -> list[str]:
-    """The stop strings of params as a list (vLLM accepts one string or a list)."""
-    stop = params.get("stop")
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else list(stop)
-
-
 def apply_sampling(text: str, params: Mapping[str, Any]) -> str:
     """Cut generated text as vLLM would: at most max_tokens tokens, then before the first stop.
 
     A token is a run of non-whitespace; the text is kept verbatim up to the end of the last kept
     token. The stop string itself is excluded. Params are validated first.
     """
+    return sample(text, params).text
+
+
+def sample(text: str, params: Mapping[str, Any]) -> Completion:
+    """``apply_sampling`` with what vLLM reports: ``length`` if max_tokens cut the text (and no
+    stop string came first), else ``stop``; the tokens generated (a stop string's own count)."""
     checked = validate_sampling_params(params)
     max_tokens = checked.get("max_tokens", VLLM_DEFAULT_MAX_TOKENS)
+    reason = "stop"
     for count, match in enumerate(_TOKEN_RE.finditer(text), start=1):
         if count == max_tokens:
+            if match.end() < len(text.rstrip()):  # more tokens would have followed
+                reason = "length"
             text = text[: match.end()]
             break
     cuts = [i for i in (text.find(s) for s in stop_strings(checked)) if i >= 0]
-    return text[: min(cuts)] if cuts else text
+    if cuts:
+        stop = min(cuts)
+        # vLLM counts the tokens up to the one that completed the stop string
+        return Completion(text[:stop], "stop", len(_TOKEN_RE.findall(text[: stop + 1])))
+    return Completion(text, reason, len(_TOKEN_RE.findall(text)))
 
 
 def stream_chunks(text: str, parts: int = 4) -> list[str]:
@@ -406,8 +331,7 @@ class ScriptedModel:
     _judged: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ValueError(f"name: invalid model name {self.name!r}")
+        check_model_name(self.name)
         if isinstance(self.strength, bool) or not isinstance(self.strength, int):
             raise ValueError(f"strength: expected an integer, got {self.strength!r}")
         if not 1 <= self.strength <= 10:
@@ -499,37 +423,11 @@ class ScriptedModel:
         return f"{intro}\n```{fence}\ndef {ident}(data):\n{body}```\n{outro}quality={s}"
 
 
-_MODEL_KEYS = frozenset({"name", "strength", "garble_first_verdicts", "latency_s"})
-
-
 def parse_models(doc: Any) -> list[ScriptedModel]:
     """Scripted models from a parsed YAML document ``{models: [{name, strength, ...}, ...]}``."""
-    if not isinstance(doc, Mapping) or set(doc) != {"models"}:
-        raise ValueError("$: expected a mapping with the single key 'models'")
-    entries = doc["models"]
-    if not isinstance(entries, list) or not entries:
-        raise ValueError("$.models: expected a non-empty list")
-    models: list[ScriptedModel] = []
-    for i, entry in enumerate(entries):
-        where = f"$.models[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}: expected a mapping")
-        unknown = sorted(set(entry) - _MODEL_KEYS)
-        if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key")
-        for key in ("name", "strength"):
-            if key not in entry:
-                raise ValueError(f"{where}.{key}: missing")
-        try:
-            model = ScriptedModel(**entry)
-        except ValueError as exc:
-            raise ValueError(f"{where}.{exc}") from None
-        if any(m.name == model.name for m in models):
-            raise ValueError(f"{where}.name: duplicate model name {model.name!r}")
-        models.append(model)
-    return models
+    return parse_models_file(doc, ScriptedModel)
 
 
 def load_models(path: str | Path) -> list[ScriptedModel]:
     """Scripted models from a YAML file (see ``parse_models``)."""
-    return parse_models(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    return load_models_file(path, ScriptedModel)

@@ -9,7 +9,8 @@ Usage::
 Each writer appends to its own shard files (``samples-<writer>-<n>.jsonl``) and rotates them at
 ``max_per_shard`` lines. At start it reads the ids of every shard in the directory, so a
 restarted or second writer never writes a battle twice. Lines are flushed and fsync'ed before
-``write`` returns, so an acked battle is on disk.
+``write`` returns, so an acked battle is on disk. A line is a ``ShardLine`` of
+``warriorcoder.proto.state``: the Sample as on the bus.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import IO
 
 import msgspec
 
-from warriorcoder.proto.messages import Sample, encode
+from warriorcoder.proto.messages import Sample
+from warriorcoder.proto.state import ShardLine, ShardLineId, encode
 
 __all__ = ["ShardWriter", "read_samples"]
 
@@ -32,12 +34,8 @@ log = logging.getLogger(__name__)
 SHARD_GLOB = "samples-*.jsonl"
 
 
-class _IdOnly(msgspec.Struct):
-    id: str
-
-
-_id_decoder = msgspec.json.Decoder(_IdOnly)
-_sample_decoder = msgspec.json.Decoder(Sample)
+_id_decoder = msgspec.json.Decoder(ShardLineId)
+_line_decoder = msgspec.json.Decoder(ShardLine)
 
 
 def read_samples(data_dir: Path) -> list[Sample]:
@@ -49,7 +47,7 @@ def read_samples(data_dir: Path) -> list[Sample]:
                 if not line.strip():
                     continue
                 try:
-                    out.append(_sample_decoder.decode(line))
+                    out.append(_line_decoder.decode(line))
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     log.warning("skipping a torn or invalid line", extra={"shard": path.name})
     return out

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyNotFoundError
 
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Ratings, decode, encode
+from warriorcoder.proto.state import Ratings, decode_state
 from warriorcoder.runtime import metrics
+from warriorcoder.runtime.kv import update_state
+from warriorcoder.runtime.ports import KeyValueStore
 from warriorcoder.runtime.settings import ScoringSettings
 
 __all__ = ["Applied", "RatingsStore"]
@@ -40,43 +41,49 @@ class Applied:
 
 
 class RatingsStore:
-    def __init__(self, kv: KeyValue, scoring: ScoringSettings) -> None:
+    def __init__(self, kv: KeyValueStore, scoring: ScoringSettings) -> None:
         self.kv = kv
         self.scoring = scoring
 
     async def read(self) -> tuple[Ratings, int | None]:
+        """The document and its revision (None when the key does not exist yet)."""
         try:
             entry = await self.kv.get(subjects.RATINGS_KEY)
         except KeyNotFoundError:
-            return Ratings(ratings={}), None
-        return decode(entry.value or b"", Ratings), entry.revision
+            return Ratings(), None
+        return decode_state(entry.value, Ratings), entry.revision
 
     async def apply(self, battle: str, attacker: str, defender: str, step: Step) -> Applied:
         init = self.scoring.initial_rating
-        while True:
-            doc, revision = await self.read()
+        # What the last attempt decided; a lost race (another replica wrote first) reruns
+        # ``change`` on the newer document, so only the final attempt's outcome counts.
+        outcome: list[Applied] = []
+
+        def change(doc: Ratings) -> Ratings | None:
             for bid, ra, rd in doc.recent:
                 if bid == battle:
-                    return Applied(ra, rd, True, dict(doc.ratings))
+                    outcome.append(Applied(ra, rd, True, dict(doc.ratings)))
+                    return None  # already applied: nothing to write
             ra = doc.ratings.get(attacker, init)
             rd = doc.ratings.get(defender, init)
             after = step(ra, rd)
             ratings = dict(doc.ratings)
             if after is not None:
                 ratings[attacker], ratings[defender] = after
-            new = msgspec.structs.replace(
+            outcome.append(Applied(ra, rd, False, ratings))
+            return msgspec.structs.replace(
                 doc,
                 ratings=ratings,
                 battles=doc.battles + (after is not None),
                 recent=[*doc.recent, (battle, ra, rd)][-self.scoring.idempotency_window :],
                 updated_at=time.time(),
             )
-            try:
-                if revision is None:
-                    await self.kv.create(subjects.RATINGS_KEY, encode(new))
-                else:
-                    await self.kv.update(subjects.RATINGS_KEY, encode(new), last=revision)
-            except KeyWrongLastSequenceError:
-                metrics.RATING_CONFLICTS.inc()
-                continue  # another replica wrote first: recompute from its ratings
-            return Applied(ra, rd, False, ratings)
+
+        await update_state(
+            self.kv,
+            subjects.RATINGS_KEY,
+            Ratings,
+            change,
+            on_conflict=metrics.RATING_CONFLICTS.inc,
+        )
+        return outcome[-1]

@@ -11,26 +11,30 @@ battle id). Each step is idempotent, so a crash anywhere is repaired by redelive
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from warriorcoder.arena.decide import decide
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Judgement
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.service import Deps, Handler, ServiceSpec
-from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.runtime.ports import Publisher
+from warriorcoder.runtime.settings import ScoringSettings
+from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage, no_models
 from warriorcoder.stages.aggregator.dataset import ShardWriter
 from warriorcoder.stages.aggregator.ratings import RatingsStore
 
-__all__ = ["SPEC", "run"]
+__all__ = ["STAGE", "make_handler"]
 
 log = logging.getLogger(__name__)
 
 
-def make_handler(deps: Deps, store: RatingsStore, writer: ShardWriter) -> Handler[Judgement]:
-    scoring = deps.settings.scoring
+def make_handler(
+    scoring: ScoringSettings, store: RatingsStore, writer: ShardWriter, publisher: Publisher
+) -> Handler[Judgement]:
+    """Apply each judgement to the ratings once, then write and publish its sample."""
 
     async def handle(j: Judgement) -> None:
         ch = j.battle.challenge
@@ -55,7 +59,7 @@ def make_handler(deps: Deps, store: RatingsStore, writer: ShardWriter) -> Handle
             return
         if await writer.write(sample):
             metrics.SAMPLES.labels(winner=sample.winner).inc()
-        await deps.bus.publish(subjects.SAMPLES, sample, msg_id=sample.id)
+        await publisher.publish(subjects.SAMPLES, sample, msg_id=sample.id)
         log.info(
             "battle decided",
             extra={"id": j.id, "winner": sample.winner, "duplicate": applied.duplicate},
@@ -64,28 +68,24 @@ def make_handler(deps: Deps, store: RatingsStore, writer: ShardWriter) -> Handle
     return handle
 
 
-async def run(deps: Deps, stop: asyncio.Event) -> None:
+@asynccontextmanager
+async def setup(deps: Deps) -> AsyncIterator[Handler[Judgement]]:
     s = deps.settings
-    store = RatingsStore(await deps.bus.kv(subjects.KV_RATINGS), s.scoring)
+    store = RatingsStore(await deps.buckets.kv(subjects.KV_RATINGS), s.scoring)
     doc, _ = await store.read()
     for model, rating in doc.ratings.items():
         metrics.ELO.labels(model=model).set(rating)
     writer = ShardWriter(Path(s.data_dir), max_per_shard=s.shard_max_samples)
     await writer.open()
     try:
-        await deps.consume(
-            subjects.STREAM_JUDGEMENTS,
-            subjects.CONSUMER_AGGREGATOR,
-            Judgement,
-            make_handler(deps, store, writer),
-            stop,
-        )
+        yield make_handler(s.scoring, store, writer, deps.publisher)
     finally:
         await writer.close()
 
 
-def _models(s: ArenaSettings) -> list[str]:
-    return []  # the aggregator calls no model
-
-
-SPEC = ServiceSpec(name="aggregator", run=run, models=_models)
+STAGE = Stage(
+    name="aggregator",
+    consumes=Consumes(subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR, Judgement),
+    models=no_models,  # the aggregator calls no model
+    setup=setup,
+)

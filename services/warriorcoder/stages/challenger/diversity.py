@@ -24,11 +24,10 @@ from typing import Any
 import msgspec
 import numpy as np
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError
 
-from warriorcoder.proto import subjects
+from warriorcoder.proto import subjects, topology
 from warriorcoder.proto.messages import AdmittedEmbedding, decode, encode
+from warriorcoder.runtime.bus import ensure_stream, stream_config
 
 __all__ = ["MODEL_NAME", "DiversityGate", "load_embedder"]
 
@@ -58,17 +57,9 @@ class DiversityGate:
 
     async def start(self) -> None:
         self._model = await asyncio.to_thread(load_embedder)
-        cfg = js_api.StreamConfig(
-            name=subjects.STREAM_EMBEDDINGS,
-            subjects=[subjects.EMBEDDINGS],
-            retention=js_api.RetentionPolicy.LIMITS,
-            storage=js_api.StorageType.FILE,
-            num_replicas=self.replicas,
-        )
-        try:
-            await self.js.add_stream(cfg)
-        except BadRequestError:
-            await self.js.update_stream(cfg)
+        # Optional in the topology: only challengers with the gate on create it.
+        declared = topology.stream(subjects.STREAM_EMBEDDINGS)
+        await ensure_stream(self.js, stream_config(declared, replicas=self.replicas))
         # An ordered consumer from the first message: the history, then every new admission.
         self._sub = await self.js.subscribe(
             subjects.EMBEDDINGS, ordered_consumer=True, cb=self._on_message

@@ -1,195 +1,183 @@
-"""The challenger's filters that keep state in NATS or call a model.
+"""The challenger's de-dup index in NATS KV: exact duplicates, and near-duplicates verified
+against each LSH candidate's words (the protocol of ``warriorcoder.arena.near_dup``).
 
 Usage::
 
     dedup = DedupIndex(kv, LshBands(num_perm=128, threshold=0.5))
-    claim = await dedup.claim(instruction, challenge_id)   # None: a duplicate, with reason
-    ...
-    await claim.release()     # the instruction was rejected later: free its near-dup keys
+    claim, reason = await dedup.claim(instruction, challenge_id)  # (None, "duplicate") or
+    ...                                                           # (None, "near_duplicate")
+    await claim.release()     # dropped later (quality, budget, scorer, publish): free every key
 
-    score = await QualityGate(deps).rate(instruction, language, attacker)
-
-The exact and near-duplicate indexes are KV keys created with ``create`` (which fails when the key
-exists), so of two replicas admitting near-duplicates at the same moment exactly one wins: both
-claim the band they share, and only one create can succeed.
+Exact duplicates: ``exact.<sha256 of the normalised text>`` is created atomically, so of two
+replicas admitting the same text exactly one wins. Near-duplicates: the newcomer writes its band
+keys ``lsh.<band key>.<id>``, then ``words.<id>`` (the commit point, whose revision ranks it),
+lists its bands' members with one server-filtered consumer (``runtime.kv_keys``), and is
+rejected only by an EARLIER committed member whose word-set Jaccard similarity is >= the
+threshold; so a distinct instruction that merely shares a band is admitted, and of two racing
+near-duplicates the later one always sees the earlier and withdraws (``near_dup`` explains why).
+A word set never changes once written, so the candidates' words are cached per process (LRU,
+with their revision) and only misses are fetched.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hashlib
-import itertools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from warriorcoder.arena.instructions import normalise
-from warriorcoder.arena.near_dup import LshBands
-from warriorcoder.arena.quality import SCORE_CHOICES, parse_score, quality_messages
-from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import SamplingParams
-from warriorcoder.runtime.kv import CasConflictError, compare_and_set
-from warriorcoder.runtime.service import Deps
-from warriorcoder.runtime.templates import ChatTemplate
+from warriorcoder.arena.near_dup import Candidate, LshBands, decide, encode_words, word_hashes
+from warriorcoder.runtime.kv_keys import KeyLister, bucket_keys
+from warriorcoder.runtime.ports import KeyValueStore
 
-__all__ = ["Budget", "Claim", "DedupIndex", "QualityGate", "RejectionStats"]
+__all__ = ["Claim", "DedupIndex", "WordsCache"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SIZE = 100_000  # ~40 MB of word sets: every candidate of a 100k index, hot ones kept
+
+
+def _exact_key(instruction: str) -> str:
+    return "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
 
 
 @dataclass
 class Claim:
-    """Keys an admitted instruction holds in the de-dup index."""
+    """Keys an admitted instruction holds in the de-dup index: the exact key (with the revision
+    it was created at) and its near-duplicate keys (band keys and words)."""
 
-    kv: KeyValue
+    kv: KeyValueStore
+    exact_key: str = ""
+    exact_rev: int = 0
     near_keys: list[str] = field(default_factory=list)
 
     async def release(self) -> None:
-        for key in self.near_keys:
-            with contextlib.suppress(Exception):
-                await self.kv.delete(key)
-        self.near_keys = []
+        """Delete every key, words first (a member without words is ignored by everyone); the
+        exact key only while it holds this claim's revision, so a release never frees another
+        claim. Best effort: a key that cannot be deleted (NATS away) is logged and kept."""
+        words = [k for k in self.near_keys if k.startswith("words.")]
+        bands = [k for k in self.near_keys if not k.startswith("words.")]
+        for keys in (words, bands):
+            await asyncio.gather(*(self._delete(k) for k in keys))
+        if self.exact_key:
+            await self._delete(self.exact_key, last=self.exact_rev)
+        self.near_keys, self.exact_key, self.exact_rev = [], "", 0
+
+    async def _delete(self, key: str, last: int | None = None) -> None:
+        try:
+            await self.kv.delete(key, last=last)
+        except Exception as exc:  # NATS away, or the exact key was claimed anew since
+            log.warning("could not release a de-dup key %s: %s", key, exc)
+
+
+class WordsCache:
+    """Bounded LRU of committed word sets: id -> (encoded words, revision of ``words.<id>``)."""
+
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, id: str) -> tuple[bytes, int] | None:
+        entry = self._entries.get(id)
+        if entry is not None:
+            self._entries.move_to_end(id)
+        return entry
+
+    def put(self, id: str, words: bytes, rev: int) -> None:
+        self._entries[id] = (words, rev)
+        self._entries.move_to_end(id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 class DedupIndex:
-    def __init__(self, kv: KeyValue, bands: LshBands | None) -> None:
+    """``bands`` None: exact duplicates only. ``lister`` lists band members (default: the
+    bucket's own, ``runtime.kv_keys.bucket_keys``)."""
+
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        bands: LshBands | None,
+        *,
+        lister: KeyLister | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
         self.kv = kv
         self.bands = bands
+        self.lister = lister if lister is not None or bands is None else bucket_keys(kv)
+        self.cache = WordsCache(cache_size)
+        self.fetched = 0  # word sets read from the bucket (cache misses), for the benchmark
 
     async def claim(self, instruction: str, challenge_id: str) -> tuple[Claim | None, str]:
         """Claim the instruction's keys; (None, reason) when it duplicates an admitted one."""
-        value = challenge_id.encode()
-        exact = "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
+        claim = Claim(self.kv, _exact_key(instruction))
         try:
-            await self.kv.create(exact, value)
+            claim.exact_rev = await self.kv.create(claim.exact_key, challenge_id.encode())
         except KeyWrongLastSequenceError:
             return None, "duplicate"
-        claim = Claim(self.kv)
         if self.bands is None:
             return claim, ""
-        for band in self.bands.keys(instruction):
-            key = f"lsh.{band}"
-            try:
-                await self.kv.create(key, value)
-            except KeyWrongLastSequenceError:
-                await claim.release()
-                return None, "near_duplicate"
-            claim.near_keys.append(key)
+        try:
+            admitted = await self._near(claim, instruction, challenge_id)
+        except BaseException:
+            await claim.release()  # a failed admission blocks nothing
+            raise
+        if not admitted:
+            await claim.release()
+            return None, "near_duplicate"
         return claim, ""
 
-
-class QualityGate:
-    """Rates an instruction 1-10 with a scorer that is not the attacker (round-robin)."""
-
-    def __init__(self, deps: Deps) -> None:
-        s = deps.settings
-        self.deps = deps
-        self.cfg = s.challenger.quality
-        self.templates = {
-            m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.scorer_pool
-        }
-        q = s.sampling.quality
-        self.params = SamplingParams(
-            temperature=q.temperature, top_p=q.top_p, max_tokens=q.max_tokens
-        )
-        self._turn = itertools.count()
-
-    def scorer_for(self, attacker: str) -> str:
-        pool = self.deps.settings.scorers_for(attacker)
-        return pool[next(self._turn) % len(pool)]
-
-    async def rate(self, instruction: str, language: str, attacker: str) -> tuple[int | None, str]:
-        """(score or None when unparseable after the re-asks, scorer)."""
-        scorer = self.scorer_for(attacker)
-        guided = self.deps.triton.guided(scorer)
-        for attempt in range(self.cfg.max_reasks + 1):
-            messages = quality_messages(instruction, language, reask=attempt > 0)
-            prompt = self.templates[scorer].render(messages, add_generation_prompt=True)
-            gen = await self.deps.triton.generate(
-                scorer,
-                prompt,
-                self.params,
-                choices=SCORE_CHOICES if guided else None,
-                role="quality",
+    async def _near(self, claim: Claim, instruction: str, id: str) -> bool:
+        assert self.bands is not None and self.lister is not None
+        band_keys = self.bands.keys(instruction)
+        own = word_hashes(instruction)
+        members = [f"lsh.{b}.{id}" for b in band_keys]
+        words_key = f"words.{id}"
+        claim.near_keys = [*members, words_key]
+        await asyncio.gather(*(self.kv.put(k, b"") for k in members))  # band keys first
+        encoded = encode_words(own)
+        rank = await self.kv.put(words_key, encoded)  # the commit point: its revision ranks us
+        listed = await self.lister.revisions([f"lsh.{b}.*" for b in band_keys])
+        ids = {k.rsplit(".", 1)[1] for k in listed} - {id}
+        decision = decide(own, rank, await self._candidates(ids), threshold=self.bands.threshold)
+        if decision.admitted:
+            self.cache.put(id, encoded, rank)
+        else:
+            log.info(
+                "near-duplicate",
+                extra={"id": id, "of": decision.by_id, "jaccard": round(decision.jaccard, 3)},
             )
-            score = parse_score(gen.text)
-            if score is not None:
-                return score, scorer
-        return None, scorer
+        return decision.admitted
 
+    async def _candidates(self, ids: set[str]) -> list[Candidate]:
+        out: list[Candidate] = []
+        missing: list[str] = []
+        for i in sorted(ids):
+            hit = self.cache.get(i)
+            if hit is None:
+                missing.append(i)
+            else:
+                out.append(Candidate(i, *hit))
+        fetched = await asyncio.gather(*(self._words(i) for i in missing))
+        self.fetched += len(missing)
+        for i, entry in zip(missing, fetched, strict=True):
+            if entry is None:  # not committed yet: it will see us when it decides
+                out.append(Candidate(i, None, 0))
+            else:
+                self.cache.put(i, *entry)
+                out.append(Candidate(i, *entry))
+        return out
 
-class RejectionStats:
-    """Rejection counts by reason in a KV key, summed over every challenger replica, for run
-    summaries and dataset cards (metrics carry the same counts per process)."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    async def add(self, reason: str) -> None:
-        def count(value: bytes | None) -> bytes:
-            counts = orjson.loads(value or b"{}")
-            counts[reason] = counts.get(reason, 0) + 1
-            return orjson.dumps(counts)
-
+    async def _words(self, id: str) -> tuple[bytes, int] | None:
         try:
-            await compare_and_set(self.kv, subjects.STATS_REJECTIONS_KEY, count, attempts=20)
-        except CasConflictError:
-            log.warning("could not record rejection statistics", extra={"reason": reason})
-
-    @staticmethod
-    async def read(kv: KeyValue) -> dict[str, int]:
-        try:
-            entry = await kv.get(subjects.STATS_REJECTIONS_KEY)
-        except KeyNotFoundError:
-            return {}
-        return {str(k): int(v) for k, v in orjson.loads(entry.value or b"{}").items()}
-
-
-class Budget:
-    """An optional arena-wide limit on the challenges still to publish, shared by every replica:
-    the ``budget`` key of the schedule bucket. No key (or ``unlimited``) means no limit;
-    ``warriorcoder up --battles N`` sets it."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    @staticmethod
-    def _left(value: bytes | None) -> int | None:
-        raw = (value or b"").decode()
-        return None if raw in ("", "unlimited") else int(raw)
-
-    async def remaining(self) -> int | None:
-        try:
-            entry = await self.kv.get(subjects.BUDGET_KEY)
+            entry = await self.kv.get(f"words.{id}")
         except KeyNotFoundError:
             return None
-        return self._left(entry.value)
-
-    async def take(self) -> bool:
-        """Take one challenge from the budget; False when it is spent."""
-
-        def take_one(value: bytes | None) -> bytes | None:
-            left = self._left(value)
-            return None if left is None or left <= 0 else str(left - 1).encode()
-
-        old, new = await compare_and_set(self.kv, subjects.BUDGET_KEY, take_one)
-        return new is not None or self._left(old) is None
-
-    async def give_back(self) -> None:
-        await self.add(1)
-
-    async def add(self, n: int) -> None:
-        """Raise a limited budget by ``n`` (no limit stays no limit)."""
-
-        def raise_by(value: bytes | None) -> bytes | None:
-            left = self._left(value)
-            return None if left is None else str(left + n).encode()
-
-        await compare_and_set(self.kv, subjects.BUDGET_KEY, raise_by)
-
-    async def set(self, n: int | None) -> None:
-        """Set the budget (None: unlimited)."""
-        await self.kv.put(subjects.BUDGET_KEY, b"unlimited" if n is None else str(n).encode())
+        return entry.value or b"", entry.revision or 0

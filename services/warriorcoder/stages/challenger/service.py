@@ -20,27 +20,32 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Mapping
 
 from nats.errors import Error as NatsError
-from nats.js.kv import KeyValue
 
 from warriorcoder.arena.decontam import NgramIndex
 from warriorcoder.arena.instructions import clean, normalise
 from warriorcoder.arena.near_dup import LshBands
 from warriorcoder.arena.prompts import challenge_system_prompt
 from warriorcoder.arena.schedule import round_robin
+from warriorcoder.errors import ArenaError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, SamplingParams, battle_id
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.kv import compare_and_set
-from warriorcoder.runtime.service import Deps, ServiceSpec
+from warriorcoder.runtime.ports import Inference, KeyValueStore, Publisher
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
-from warriorcoder.runtime.templates import ChatTemplate
-from warriorcoder.runtime.triton import InferenceError
+from warriorcoder.runtime.stage import Deps, Stage
 from warriorcoder.stages.challenger.diversity import DiversityGate
-from warriorcoder.stages.challenger.filters import Budget, DedupIndex, QualityGate, RejectionStats
+from warriorcoder.stages.challenger.filters import DedupIndex
+from warriorcoder.stages.challenger.quality import QualityGate
+from warriorcoder.stages.challenger.state import Budget, RejectionStats, ScheduleCursor
 
-__all__ = ["SPEC", "run"]
+__all__ = ["BUCKETS", "STAGE", "Miner", "run"]
+
+# The KV buckets a miner keeps its state in: de-dup index, schedule (cursor, budget), statistics.
+BUCKETS = (subjects.KV_DEDUP, subjects.KV_SCHEDULE, subjects.KV_STATS)
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +83,28 @@ class _Gate:
         self._update()
 
 
-async def next_cursor(kv: KeyValue) -> int:
-    """Take the next slot of the shared round-robin schedule (compare-and-set on a KV key)."""
-    old, _ = await compare_and_set(
-        kv, subjects.SCHEDULE_KEY, lambda v: str(int(v or b"0") + 1).encode()
-    )
-    return int(old or b"0")
+class Miner:
+    """Mines, filters and publishes one instruction per ``mine_one`` call.
 
+    ``kvs``: the challenger's buckets by name (``BUCKETS``: de-dup index, schedule, statistics);
+    ``roster``: the competitors and the quality scorers.
+    """
 
-class _Miner:
-    def __init__(self, deps: Deps, kvs: dict[str, KeyValue]) -> None:
-        s = deps.settings
+    def __init__(
+        self,
+        settings: ArenaSettings,
+        roster: Roster,
+        inference: Inference,
+        publisher: Publisher,
+        kvs: Mapping[str, KeyValueStore],
+        *,
+        diversity: DiversityGate | None = None,
+    ) -> None:
+        s = settings
         c = s.challenger
-        self.deps = deps
         self.s = s
+        self.inference = inference
+        self.publisher = publisher
         self.schedule = kvs[subjects.KV_SCHEDULE]
         self.stats = RejectionStats(kvs[subjects.KV_STATS])
         bands = (
@@ -109,40 +122,32 @@ class _Miner:
             if c.decontamination.enabled
             else None
         )
-        self.quality = QualityGate(deps) if c.quality.enabled else None
-        self.diversity = (
-            DiversityGate(
-                deps.bus.js,
-                max_similarity=c.diversity.max_similarity,
-                replicas=s.nats.stream_replicas,
-            )
-            if c.diversity.enabled
-            else None
-        )
+        self.quality = QualityGate(s, roster, inference) if c.quality.enabled else None
+        self.diversity = diversity
         self.cycle = round_robin(s.competitors, c.pair_weights)
         # Each round gives every pair the same (language, temperature, top-p); successive rounds
         # walk through all combinations, so every pair is mined with every setting.
         self.settings_cycle = [
             (lang, t, p) for lang in s.languages for (t, p) in s.sampling.challenge.grid()
         ]
-        templates = {
-            m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors
-        }
+        templates = {m: roster[m].template for m in s.competitors}
         self.prefixes = {
             (m, lang): templates[m].magpie_prefix(challenge_system_prompt(lang))
             for m in s.competitors
             for lang in s.languages
         }
-        # The instruction ends where the user turn closes; a model may also just emit its EOS.
+        # The instruction ends where the user turn closes; a model may also just emit one of its
+        # end tokens (Llama-3 instruct: <|eot_id|>, or the base model's <|end_of_text|>).
         self.stops = {
             m: list(
                 dict.fromkeys(
-                    x for x in (templates[m].user_turn_end(), templates[m].eos_token) if x
+                    x for x in (templates[m].user_turn_end(), *templates[m].stop_tokens()) if x
                 )
             )
             for m in s.competitors
         }
         self.budget = Budget(self.schedule)
+        self.cursor = ScheduleCursor(self.schedule)
         self.rng = random.Random()
 
     async def reject(self, reason: str, attacker: str) -> None:
@@ -152,7 +157,7 @@ class _Miner:
 
     async def mine_one(self) -> bool:
         """Mine one instruction; True when it was published."""
-        cursor = await next_cursor(self.schedule)
+        cursor = await self.cursor.next()
         attacker, defender = self.cycle[cursor % len(self.cycle)]
         rounds = cursor // len(self.cycle)
         language, temperature, top_p = self.settings_cycle[rounds % len(self.settings_cycle)]
@@ -162,7 +167,7 @@ class _Miner:
             max_tokens=self.s.sampling.challenge.max_tokens,
             seed=self.rng.randrange(2**31),
         )
-        gen = await self.deps.triton.generate(
+        gen = await self.inference.generate(
             attacker,
             self.prefixes[(attacker, language)],
             params,
@@ -229,8 +234,9 @@ class _Miner:
             quality_scorer=scorer,
         )
         try:
-            await self.deps.bus.publish(subjects.CHALLENGES, challenge, msg_id=cid)
-        except Exception:
+            await self.publisher.publish(subjects.CHALLENGES, challenge, msg_id=cid)
+        except Exception:  # not stored: give its de-dup keys (best effort) and budget back
+            await claim.release()
             await self.budget.give_back()
             raise
         metrics.CHALLENGES_PUBLISHED.labels(attacker=attacker).inc()
@@ -244,9 +250,18 @@ class _Miner:
 
 
 async def run(deps: Deps, stop: asyncio.Event) -> None:
+    """Mine until ``stop``: workers while the backlog gate is open, one backlog watcher."""
     s = deps.settings
-    buckets = (subjects.KV_DEDUP, subjects.KV_SCHEDULE, subjects.KV_STATS)
-    miner = _Miner(deps, {b: await deps.bus.kv(b) for b in buckets})
+    c = s.challenger
+    diversity = (
+        DiversityGate(
+            deps.bus.js, max_similarity=c.diversity.max_similarity, replicas=s.nats.stream_replicas
+        )
+        if c.diversity.enabled
+        else None
+    )
+    kvs = {b: await deps.buckets.kv(b) for b in BUCKETS}
+    miner = Miner(s, deps.roster, deps.inference, deps.publisher, kvs, diversity=diversity)
     if miner.diversity is not None:
         await miner.diversity.start()
         log.info("diversity gate ready", extra={"admitted": miner.diversity.admitted})
@@ -283,7 +298,7 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
             try:
                 published = await miner.mine_one()
                 failures = 0
-            except (InferenceError, NatsError, TimeoutError) as exc:
+            except (ArenaError, NatsError, TimeoutError) as exc:
                 failures += 1
                 delay = min(2.0 ** min(failures, 6), 60.0)
                 log.warning(
@@ -311,17 +326,19 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
     if a.is_set() or b.is_set():
         return
-    ta = asyncio.create_task(a.wait())
-    tb = asyncio.create_task(b.wait())
+    waiters = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
     try:
-        await asyncio.wait({ta, tb}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        ta.cancel()
-        tb.cancel()
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 def _models(s: ArenaSettings) -> list[str]:
-    return list(s.competitors)
+    """The attackers, and the quality scorers (the scorer pool may hold judge-only models)."""
+    scorers = s.scorer_pool if s.challenger.quality.enabled else []
+    return list(dict.fromkeys([*s.competitors, *scorers]))
 
 
-SPEC = ServiceSpec(name="challenger", run=run, models=_models)
+STAGE: Stage[None] = Stage(name="challenger", models=_models, run=run)  # produces, consumes none

@@ -1,5 +1,1 @@
 """The judge: every uninvolved judge compares the two answers."""
-
-from warriorcoder.stages.judge.service import SPEC
-
-__all__ = ["SPEC"]

@@ -12,9 +12,10 @@ verdict label is re-asked, then the vote is recorded invalid.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from warriorcoder.arena.prompts import judge_messages
 from warriorcoder.arena.verdicts import (
@@ -26,14 +27,16 @@ from warriorcoder.arena.verdicts import (
     winner_of,
 )
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Battle, Judgement, SamplingParams, Vote
+from warriorcoder.proto.messages import Battle, Judgement, Vote
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.service import Deps, Handler, ServiceSpec
+from warriorcoder.runtime.ask import Asked, ask
+from warriorcoder.runtime.ports import Inference, Publisher
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage
 from warriorcoder.runtime.tasks import gather
-from warriorcoder.runtime.templates import ChatTemplate
 
-__all__ = ["SPEC", "orders_for", "run"]
+__all__ = ["STAGE", "make_handler", "orders_for"]
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +48,25 @@ def orders_for(mode: str, battle_id: str) -> list[Role]:
     return ["attacker" if int(battle_id, 16) % 2 == 0 else "defender"]
 
 
-def make_handler(deps: Deps) -> Handler[Battle]:
-    s = deps.settings
-    pool = s.judge_pool
-    templates = {m: ChatTemplate.from_settings(s.models[m].chat_template) for m in pool}
-    cfg = s.sampling.judge
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+def make_handler(
+    settings: ArenaSettings, roster: Roster, inference: Inference, publisher: Publisher
+) -> Handler[Battle]:
+    """Judge each battle with its uninvolved judges (``roster``: the judge pool)."""
+    s = settings
 
-    async def verdict(
-        judge: str, question: str, first: str, second: str
-    ) -> tuple[Label | None, int]:
-        calls = 0
-        choices = VERDICT_CHOICES if deps.triton.guided(judge) else None
-        for attempt in range(s.judge.max_reasks + 1):
-            messages = judge_messages(question, first, second, reask=attempt > 0)
-            prompt = templates[judge].render(messages, add_generation_prompt=True)
-            gen = await deps.triton.generate(judge, prompt, params, choices=choices, role="judge")
-            calls += 1
-            label = parse_verdict(gen.text)
-            if label is not None:
-                return label, calls
-            if attempt < s.judge.max_reasks:
-                metrics.REASKS.labels(judge=judge).inc()
-        return None, calls
+    async def verdict(judge: str, question: str, first: str, second: str) -> Asked[Label]:
+        asked: Asked[Label] = await ask(
+            inference,
+            roster[judge],
+            lambda reask: judge_messages(question, first, second, reask=reask),
+            parse_verdict,
+            role="judge",
+            choices=VERDICT_CHOICES,
+            max_reasks=s.judge.max_reasks,
+        )
+        if asked.reasks:
+            metrics.REASKS.labels(judge=judge).inc(asked.reasks)
+        return asked
 
     async def vote(judge: str, b: Battle, orders: list[Role]) -> Vote:
         question = b.challenge.instruction
@@ -75,7 +74,7 @@ def make_handler(deps: Deps) -> Handler[Battle]:
         results = await gather(
             *(verdict(judge, question, answers[first], answers[_other(first)]) for first in orders)
         )
-        labels = [label for label, _ in results]
+        labels = [r.value for r in results]
         winner = combine(orders, labels)
         metrics.VOTES.labels(judge=judge, outcome=winner).inc()
         parsed = [winner_of(o, lab) for o, lab in zip(orders, labels, strict=True) if lab]
@@ -87,7 +86,7 @@ def make_handler(deps: Deps) -> Handler[Battle]:
             orders=list(orders),
             verdicts=[label if label is not None else "invalid" for label in labels],
             winner=winner,
-            asked=sum(calls for _, calls in results),
+            asked=sum(r.calls for r in results),
         )
 
     async def handle(b: Battle) -> None:
@@ -102,7 +101,7 @@ def make_handler(deps: Deps) -> Handler[Battle]:
             position_mode=s.judge.position_mode,
             judged_at=time.time(),
         )
-        await deps.bus.publish(subjects.JUDGEMENTS, judgement, msg_id=b.id)
+        await publisher.publish(subjects.JUDGEMENTS, judgement, msg_id=b.id)
         log.info("battle judged", extra={"id": b.id, "votes": [v.winner for v in votes]})
 
     return handle
@@ -112,14 +111,18 @@ def _other(role: Role) -> Role:
     return "defender" if role == "attacker" else "attacker"
 
 
-async def run(deps: Deps, stop: asyncio.Event) -> None:
-    await deps.consume(
-        subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE, Battle, make_handler(deps), stop
-    )
+@asynccontextmanager
+async def setup(deps: Deps) -> AsyncIterator[Handler[Battle]]:
+    yield make_handler(deps.settings, deps.roster, deps.inference, deps.publisher)
 
 
-def _models(s: ArenaSettings) -> list[str]:
+def _judge_pool(s: ArenaSettings) -> list[str]:
     return s.judge_pool
 
 
-SPEC = ServiceSpec(name="judge", run=run, models=_models)
+STAGE = Stage(
+    name="judge",
+    consumes=Consumes(subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE, Battle),
+    models=_judge_pool,
+    setup=setup,
+)

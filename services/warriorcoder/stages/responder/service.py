@@ -10,45 +10,48 @@ response sampling of the config; the battle (challenge + both answers) goes to t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from warriorcoder.arena.prompts import response_system_prompt
 from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Answer, Battle, Challenge, SamplingParams
+from warriorcoder.proto.messages import Answer, Battle, Challenge
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.service import Deps, Handler, ServiceSpec
+from warriorcoder.runtime.ports import Inference, Publisher
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage
 from warriorcoder.runtime.tasks import gather
-from warriorcoder.runtime.templates import ChatTemplate
 
-__all__ = ["SPEC", "run"]
+__all__ = ["STAGE", "make_handler"]
 
 log = logging.getLogger(__name__)
 
 
-def make_handler(deps: Deps) -> Handler[Challenge]:
-    s = deps.settings
-    templates = {m: ChatTemplate.from_settings(s.models[m].chat_template) for m in s.competitors}
-    cfg = s.sampling.response
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+def make_handler(roster: Roster, inference: Inference, publisher: Publisher) -> Handler[Challenge]:
+    """Answer each challenge with both of its competitors (``roster``: the competitors)."""
 
     async def answer(model: str, role: str, ch: Challenge) -> Answer:
-        prompt = templates[model].conversation(response_system_prompt(ch.language), ch.instruction)
-        gen = await deps.triton.generate(model, prompt, params, role="response")
+        m = roster[model]
+        params = m.sampling["response"]
+        prompt = m.template.conversation(response_system_prompt(ch.language), ch.instruction)
+        gen = await inference.generate(model, prompt, params, role="response")
         return Answer(
             model=model,
             role=role,  # type: ignore[arg-type]
             text=gen.text.strip(),
             latency_s=gen.latency_s,
             sampling=params,
+            finish_reason=gen.finish_reason,
+            output_tokens=gen.output_tokens,
         )
 
     async def handle(ch: Challenge) -> None:
         for model in (ch.attacker, ch.defender):
-            if model not in templates:
+            if model not in roster:
                 raise PoisonError("unknown_model", f"{model!r} is not a competitor of this arena")
         attacker, defender = await gather(
             answer(ch.attacker, "attacker", ch), answer(ch.defender, "defender", ch)
@@ -60,25 +63,25 @@ def make_handler(deps: Deps) -> Handler[Challenge]:
             defender_answer=defender,
             answered_at=time.time(),
         )
-        await deps.bus.publish(subjects.BATTLES, battle, msg_id=battle.id)
+        await publisher.publish(subjects.BATTLES, battle, msg_id=battle.id)
         metrics.BATTLES.inc()
         log.info("battle answered", extra={"id": ch.id})
 
     return handle
 
 
-async def run(deps: Deps, stop: asyncio.Event) -> None:
-    await deps.consume(
-        subjects.STREAM_CHALLENGES,
-        subjects.CONSUMER_RESPONDER,
-        Challenge,
-        make_handler(deps),
-        stop,
-    )
+@asynccontextmanager
+async def setup(deps: Deps) -> AsyncIterator[Handler[Challenge]]:
+    yield make_handler(deps.roster, deps.inference, deps.publisher)
 
 
-def _models(s: ArenaSettings) -> list[str]:
+def _competitors(s: ArenaSettings) -> list[str]:
     return list(s.competitors)
 
 
-SPEC = ServiceSpec(name="responder", run=run, models=_models)
+STAGE = Stage(
+    name="responder",
+    consumes=Consumes(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge),
+    models=_competitors,
+    setup=setup,
+)
