@@ -4,6 +4,7 @@ the verified MinHash-LSH index (``warriorcoder.arena.near_dup``), in memory.
 Usage::
 
     python benchmarks/near_dup.py --sizes 1000 10000 100000 --probes 2000
+    python benchmarks/near_dup.py --nats --sizes 1000 10000 --probes 500   # on a real nats-server
 
 Corpus: HumanEval's 164 problem statements (each prompt's docstring) plus generated coding tasks
 (``generated_task``): an opener ("Write a Python function `f` that", "In Rust, write ..."), an
@@ -27,6 +28,7 @@ that the rule rejects are skipped) up to each size; then fresh probes are checke
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import time
 from typing import Any
@@ -377,12 +379,77 @@ def kv_bytes_per_instruction(bands: LshBands, words: list[np.ndarray]) -> dict[s
     }
 
 
+async def _nats_run(sizes: list[int], corpus: list[str], probes: list[str]) -> None:
+    """``--nats``: ``DedupIndex.claim`` on a real nats-server (file store, loopback)."""
+    import tempfile
+    from pathlib import Path
+
+    import nats
+    from nats.js import api
+
+    from warriorcoder.launcher.processes import start_nats
+    from warriorcoder.stages.challenger.filters import DedupIndex
+
+    bands = LshBands(num_perm=128, threshold=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_nats(Path(tmp) / "js")
+        try:
+            nc = await nats.connect(f"nats://127.0.0.1:{proc.ports['client']}")
+            kv = await nc.jetstream().create_key_value(
+                api.KeyValueConfig(bucket="bench_dedup", history=1, storage=api.StorageType.FILE)
+            )
+            filler = DedupIndex(kv, bands)
+            admitted = pos = 0
+            for size in sorted(sizes):
+                t0 = time.perf_counter()
+                while admitted < size and pos < len(corpus):
+                    claim, _ = await filler.claim(corpus[pos], f"{pos:032x}")
+                    admitted += claim is not None
+                    pos += 1
+                build_s = time.perf_counter() - t0
+                info = await nc.jetstream().stream_info("KV_bench_dedup")
+                rejected = pos - admitted
+                print(f"\n## NATS: index {admitted} admitted ({rejected} rejected, {build_s:.1f}s)")
+                print(
+                    f"  stream: {info.state.messages} messages, {info.state.bytes} bytes: "
+                    f"{info.state.bytes / admitted:.0f} bytes per admitted instruction "
+                    "(delete markers of rejected ones included)"
+                )
+                for label, index in (("cold cache", DedupIndex(kv, bands)), ("warm cache", filler)):
+                    took = []
+                    fetched = index.fetched
+                    for i, text in enumerate(probes):
+                        t1 = time.perf_counter()
+                        claim, _ = await index.claim(text, f"{10**9 + size + i:032x}")
+                        took.append(time.perf_counter() - t1)
+                        if claim is not None:
+                            await claim.release()
+                    p50, p99 = np.percentile(took, [50, 99]) * 1e3
+                    print(
+                        f"  claim latency, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+                        f"words fetched per claim {(index.fetched - fetched) / len(probes):.1f}"
+                    )
+            await nc.close()
+        finally:
+            proc.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--probes", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--nats", action="store_true", help="claim on a real nats-server instead (latency, bytes)"
+    )
     args = ap.parse_args()
+    if args.nats:
+        corpus = humaneval_statements() + generated_tasks(
+            int(max(args.sizes) * 1.3), seed=args.seed
+        )
+        probes = generated_tasks(args.probes, seed=args.seed + 1000)
+        asyncio.run(_nats_run(args.sizes, corpus, probes))
+        return
     bands = LshBands(num_perm=128, threshold=0.5)
     rng = random.Random(args.seed)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Usage::
 
     warriorcoder serve judge --config arena.yaml      # one service (a process per service)
     warriorcoder up --demo --battles 6                # an arena on this machine
-    warriorcoder schema [--check]                     # regenerate / check proto/schema
+    warriorcoder schema [--check]                     # regenerate / check the generated schemas
     warriorcoder check-config --config arena.yaml     # validate a config and exit
 """
 
@@ -80,7 +80,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print("proto/schema is up to date")
+        print("proto/warriorcoder/proto/schema is up to date")
         return 0
     for path in schema_gen.write():
         print(f"wrote {path}")

@@ -25,7 +25,7 @@ from warriorcoder.launcher.background import BackgroundArena
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Sample, decode
 from warriorcoder.proto.state import Ratings
-from warriorcoder.stages.aggregator.dataset import read_samples
+from warriorcoder.runtime.shards import read_samples
 
 pytestmark = pytest.mark.e2e
 

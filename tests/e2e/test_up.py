@@ -17,7 +17,7 @@ import pytest
 from warriorcoder.launcher.arena import count_samples
 from warriorcoder.launcher.background import BackgroundArena
 from warriorcoder.launcher.processes import free_port
-from warriorcoder.stages.aggregator.dataset import read_samples
+from warriorcoder.runtime.shards import read_samples
 
 pytestmark = pytest.mark.e2e
 

@@ -329,7 +329,7 @@ async def test_kv_creates_declared_buckets_only(bus):
 async def test_update_state_migrates_today_s_values_on_a_real_bucket(bus):
     from warriorcoder.proto.state import Cursor, RejectionCounts, decode_state
     from warriorcoder.runtime.kv import update_state
-    from warriorcoder.stages.challenger.state import Budget, RejectionStats, ScheduleCursor
+    from warriorcoder.runtime.stores import Budget, RejectionStats, ScheduleCursor
 
     schedule = await bus.kv(subjects.KV_SCHEDULE)
     await schedule.put(subjects.SCHEDULE_KEY, b"9")  # as the previous version stored them

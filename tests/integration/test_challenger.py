@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.js.errors import NoKeysError
 
+from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings
 from warriorcoder.arena.near_dup import LshBands
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, decode
 from warriorcoder.runtime.bus import Bus, connect
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stage import Deps
+from warriorcoder.runtime.stores import Budget, next_cursor
 from warriorcoder.runtime.triton import TritonPool
 from warriorcoder.stages.challenger.filters import DedupIndex
-from warriorcoder.stages.challenger.service import STAGE
+from warriorcoder.stages.challenger.service import BUCKETS, STAGE, Miner
 from warriorcoder.stages.challenger.service import run as run_challenger
-from warriorcoder.stages.challenger.state import Budget, next_cursor
+from warriorcoder.testing.fakes import FakeInference, FakePublisher
+from warriorcoder.testing.scripted import load_models
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +166,65 @@ async def test_near_duplicates_are_never_both_admitted_across_replicas(nats_url)
     assert (await fresh.claim(other + " Please.", "d" * 32))[0] is not None
     for nc in ncs + ncs2:
         await nc.drain()
+
+
+# Distinct instructions (Jaccard 0.25) whose MinHash signatures share an LSH band.
+BAND_COLLIDING = [
+    "Write a Python function that converts Roman numerals to integers and raises ValueError "
+    "on bad input.",
+    "Write a Python function that rotates a matrix by 90 degrees and returns the result.",
+]
+
+
+async def test_distinct_instructions_sharing_a_band_are_both_admitted_across_replicas(nats_url):
+    bands = LshBands(num_perm=128, threshold=0.5)
+    x, y = BAND_COLLIDING
+    assert LshBands.jaccard(x, y) < 0.4 and set(bands.keys(x)) & set(bands.keys(y))
+    ncs, indexes = await _dedup_indexes(nats_url, 4, bands)
+    # Two replicas race the distinct pair, two others race a near-duplicate of each.
+    texts = [x, y, x.replace("bad input", "invalid input"), y + " Thanks."]
+    results = await asyncio.gather(
+        *(
+            ix.claim(t, f"{i + 1:032x}")
+            for i, (ix, t) in enumerate(zip(indexes, texts, strict=True))
+        )
+    )
+    reasons = [r for _, r in results]
+    assert sorted(reasons[0::2]) == ["", "near_duplicate"]
+    assert sorted(reasons[1::2]) == ["", "near_duplicate"]
+    # Two admitted, which do not block each other; the withdrawn ones left no key behind.
+    kv = indexes[0].kv
+    held = await kv.keys()
+    assert len(held) == 2 * (bands.bands + 2)
+    for nc in ncs:
+        await nc.drain()
+
+
+async def test_a_failed_publish_releases_every_de_dup_key_on_a_real_bucket(nats_url):
+    class Unreachable(FakePublisher):
+        async def publish(self, subject, msg, *, msg_id):
+            raise TimeoutError("no ack")
+
+    s = arena_settings(nats_url=nats_url, challenger={"quality": {"enabled": False}})
+    nc = await connect(s.nats)
+    bus = Bus(nc, s.nats, stage="challenger")
+    kvs = {b: await bus.kv(b) for b in BUCKETS}
+    roster = Roster.from_settings(s, STAGE.models(s))
+    m = Miner(s, roster, FakeInference(load_models(SCRIPTED_MODELS)), Unreachable(), kvs)
+    with pytest.raises(TimeoutError):
+        await m.mine_one()
+    with pytest.raises(NoKeysError):  # nats.py: no live key left in the bucket
+        await kvs[subjects.KV_DEDUP].keys()
+    # A stale release never frees the key another claim holds (delete with last=revision).
+    dedup = DedupIndex(kvs[subjects.KV_DEDUP], None)
+    old, _ = await dedup.claim("Write a tokenizer", "a" * 32)
+    assert old is not None
+    await kvs[subjects.KV_DEDUP].delete(old.exact_key)
+    new, _ = await dedup.claim("Write a tokenizer", "b" * 32)
+    assert new is not None
+    await old.release()
+    assert (await kvs[subjects.KV_DEDUP].get(new.exact_key)).value == b"b" * 32
+    await nc.drain()
 
 
 async def test_schedule_cursor_is_shared_by_replicas(nats_url):

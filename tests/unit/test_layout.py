@@ -196,6 +196,14 @@ def test_runtime_does_not_reach_up_into_stages_or_tools():
     assert _offending(_files("warriorcoder.runtime"), banned) == []
 
 
+def test_only_the_cli_reaches_the_stages():
+    """Stages are leaves: tools read the arena's state through runtime's stores and shards."""
+    bad = []
+    for package in ("runtime", "arena", "data", "launcher", "localmodels", "testing", "proto"):
+        bad += _offending(_files(f"warriorcoder.{package}"), ("warriorcoder.stages",))
+    assert bad == []
+
+
 def test_product_code_does_not_import_test_support():
     """Only the launcher (``up --scripted``) may use the scripted models."""
     bad = []

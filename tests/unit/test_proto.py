@@ -94,7 +94,9 @@ def test_messages_are_frozen():
 
 
 def test_generated_schemas_are_up_to_date():
-    assert schema_gen.stale() == [], "run `warriorcoder schema` and commit proto/schema"
+    assert schema_gen.stale() == [], (
+        "run `warriorcoder schema` and commit proto/warriorcoder/proto/schema"
+    )
 
 
 def test_stale_detects_a_changed_file(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import arena_settings, judgement
 from warriorcoder.proto import subjects
-from warriorcoder.stages.aggregator.dataset import ShardWriter, read_samples
+from warriorcoder.runtime.shards import ShardWriter, read_samples
 from warriorcoder.stages.aggregator.ratings import RatingsStore
 from warriorcoder.stages.aggregator.service import make_handler
 from warriorcoder.testing.fakes import FakeKV, FakePublisher

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings
 from warriorcoder.arena.quality import QUESTION_START_MARK, SCORE_REASK_NOTE
 from warriorcoder.proto import subjects
 from warriorcoder.runtime.roster import Roster
+from warriorcoder.runtime.stores import Budget, RejectionStats
+from warriorcoder.runtime.triton import InferenceError
 from warriorcoder.stages.challenger.quality import QualityGate
 from warriorcoder.stages.challenger.service import BUCKETS, STAGE, Miner, _wait_either
-from warriorcoder.stages.challenger.state import Budget, RejectionStats
 from warriorcoder.testing.fakes import FakeInference, FakeKV, FakePublisher
 from warriorcoder.testing.scripted import ScriptedModel, load_models
 
@@ -127,3 +130,83 @@ async def test_waiting_for_either_event_leaves_no_task_behind():
     b.set()
     await waiter
     assert asyncio.all_tasks() - before == set()
+
+
+# -- an instruction admitted by the de-dup index but dropped later frees every key it holds ------
+
+
+class _FailingScorer(FakeInference):
+    async def generate(self, model, prompt, params, *, stop=None, choices=None, role):
+        if role == "quality":
+            raise InferenceError(model, "scorer crashed")
+        return await super().generate(model, prompt, params, stop=stop, choices=choices, role=role)
+
+
+class _FailingPublisher(FakePublisher):
+    async def publish(self, subject, msg, *, msg_id):
+        raise TimeoutError("no ack")
+
+
+class _Crowded:
+    """A diversity gate that finds every instruction too close to an admitted one."""
+
+    async def check(self, text):
+        return None, 0.99
+
+    def too_close(self, nearest):
+        return True
+
+
+async def _drop_once(m: Miner) -> None:
+    """Mine one instruction that is dropped after its claim; assert nothing stays claimed."""
+    assert not await m.mine_one()
+    assert m.dedup.kv.held_keys() == []
+
+
+async def test_a_quality_rejection_frees_the_exact_key_too():
+    s = arena_settings(challenger={"quality": {"threshold": 10}})  # the scripted scorer gives 8
+    m, _ = miner(s)
+    await _drop_once(m)
+    assert await RejectionStats.read(m.stats.kv) == {"low_quality": 1}
+
+
+async def test_a_failing_scorer_frees_the_claim():
+    s = arena_settings()
+    m, _ = miner(s, inference=_FailingScorer(load_models(SCRIPTED_MODELS)))
+    with pytest.raises(InferenceError):
+        await m.mine_one()
+    assert m.dedup.kv.held_keys() == []
+
+
+async def test_a_diversity_rejection_frees_the_claim():
+    s = arena_settings()
+    m, _ = miner(s)
+    m.diversity = _Crowded()  # type: ignore[assignment]
+    await _drop_once(m)
+    assert await RejectionStats.read(m.stats.kv) == {"too_similar": 1}
+
+
+async def test_a_spent_budget_frees_the_claim():
+    s = arena_settings()
+    m, _ = miner(s)
+    await Budget(m.schedule).set(0)
+    await _drop_once(m)
+    assert m.publisher.messages(subjects.CHALLENGES) == []
+
+
+async def test_a_failed_publish_frees_the_claim_and_the_budget_and_the_text_is_mined_again():
+    s = arena_settings(challenger={"quality": {"enabled": False}})
+    m, _ = miner(s, seed=3)
+    budget = Budget(m.schedule)
+    await budget.set(1)
+    m.publisher = _FailingPublisher()
+    with pytest.raises(TimeoutError):
+        await m.mine_one()
+    assert m.dedup.kv.held_keys() == []
+    assert await budget.remaining() == 1
+    # The same slot and seed mine the same text again: nothing blocks it now.
+    m.publisher = FakePublisher()
+    m.rng = random.Random(3)
+    await m.cursor.kv.delete(subjects.SCHEDULE_KEY)
+    assert await m.mine_one()
+    assert [k for k in m.dedup.kv.held_keys() if k.startswith("exact.")]

@@ -23,8 +23,8 @@ from warriorcoder.proto.state import (
     encode,
 )
 from warriorcoder.runtime.kv import CasConflictError, update_state
+from warriorcoder.runtime.stores import Budget, RejectionStats, ScheduleCursor
 from warriorcoder.stages.aggregator.ratings import RatingsStore
-from warriorcoder.stages.challenger.state import Budget, RejectionStats, ScheduleCursor
 from warriorcoder.testing.fakes import FakeKV
 
 DOCUMENTS = [

@@ -180,6 +180,9 @@ class Sample(_Base, tag="warriorcoder.v1.sample", frozen=True, kw_only=True):
     ratings_before: dict[str, float]
     ratings_after: dict[str, float]
     created_at: Timestamp
+    # The battle's place in the arena's rating history (the ratings document's ``battles`` after
+    # it was applied): votes replayed in this order give the live Elo ratings exactly.
+    rating_seq: Annotated[int, Meta(ge=1)] | None = None
 
 
 class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=True):

@@ -55,11 +55,15 @@ class Ratings(_Document, tag="warriorcoder.v1.ratings", frozen=True, kw_only=Tru
 
     ``recent`` holds the ids of the last battles applied, with the attacker's and defender's
     ratings before each, so a redelivered judgement is recognised and its sample rebuilt exactly.
+    ``battles`` counts the battles that changed the ratings; the one that made it ``n`` has rating
+    sequence ``n``, kept in ``recent_seq`` (aligned with the end of ``recent``; 0 for a battle
+    without a valid vote), so the order in which votes were applied can be replayed exactly.
     """
 
     ratings: dict[str, float] = {}
     battles: Annotated[int, Meta(ge=0)] = 0
     recent: list[tuple[str, float, float]] = []
+    recent_seq: list[int] = []
     updated_at: Timestamp = 0.0
 
 

@@ -149,10 +149,24 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket(
         subjects.KV_DEDUP,
         1,
-        "The challengers' exact and near-duplicate index (create fails when a key exists)",
+        "The challengers' exact and near-duplicate index: exact keys are created atomically; a "
+        "band collision rejects only if an earlier committed member's words are a near-duplicate",
         (
-            Key("exact.<sha256>", "the admitted challenge id of a normalised instruction"),
-            Key("lsh.<band>", "the admitted challenge id holding a MinHash-LSH band"),
+            Key(
+                "exact.<sha256>",
+                "the admitted challenge id of a normalised instruction (created atomically; "
+                "released with delete(last=revision))",
+            ),
+            Key(
+                "lsh.<band key>.<id>",
+                "empty: challenge <id> is a member of this MinHash-LSH band (written before "
+                "words.<id>)",
+            ),
+            Key(
+                "words.<id>",
+                "the instruction's distinct words as sorted uint32 hashes (written last: its "
+                "revision ranks the instruction)",
+            ),
         ),
     ),
     Bucket(

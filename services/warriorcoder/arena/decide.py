@@ -3,6 +3,7 @@
 Usage::
 
     sample = decide(judgement, r_attacker, r_defender, scoring)   # None: no valid vote
+    sample = decide(judgement, r_attacker, r_defender, scoring, rating_seq=17)
 
 Pure: the same judgement and pre-battle ratings always give the same sample, which is how a
 redelivered judgement is rebuilt exactly after a crash.
@@ -25,7 +26,16 @@ from warriorcoder.runtime.settings import ScoringSettings
 __all__ = ["decide"]
 
 
-def decide(j: Judgement, r_attacker: float, r_defender: float, p: ScoringSettings) -> Sample | None:
+def decide(
+    j: Judgement,
+    r_attacker: float,
+    r_defender: float,
+    p: ScoringSettings,
+    *,
+    rating_seq: int | None = None,
+) -> Sample | None:
+    """The sample of a judged battle (None without a valid vote); ``rating_seq`` is the battle's
+    place in the rating history, recorded so the votes can be replayed in applied order."""
     b = j.battle
     ch = b.challenge
     outcomes = [v.winner for v in j.votes]
@@ -71,4 +81,5 @@ def decide(j: Judgement, r_attacker: float, r_defender: float, p: ScoringSetting
         ratings_before={ch.attacker: r_attacker, ch.defender: r_defender},
         ratings_after={ch.attacker: new_a, ch.defender: new_d},
         created_at=j.judged_at,
+        rating_seq=rating_seq,
     )

@@ -176,7 +176,7 @@ def shard_dir(path: Path) -> Path:
     """The folder holding the sample shards: ``path`` itself, or ``path/samples`` when ``path`` is
     an arena's data directory (``warriorcoder up --data-dir``)."""
     from warriorcoder.data.export import ExportError
-    from warriorcoder.stages.aggregator.dataset import SHARD_GLOB
+    from warriorcoder.runtime.shards import SHARD_GLOB
 
     if not path.is_dir():
         raise ExportError(f"no such data directory: {path}")

@@ -35,7 +35,7 @@ from warriorcoder.data.votes import encode_vote, votes_from_samples
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Sample, encode
 from warriorcoder.runtime.settings import NatsSettings
-from warriorcoder.stages.aggregator.dataset import read_samples
+from warriorcoder.runtime.shards import read_samples
 
 __all__ = [
     "FORMATS",

@@ -35,7 +35,7 @@ class LiveState:
 
 
 async def read_live(cfg: NatsSettings) -> LiveState:
-    from warriorcoder.stages.challenger.state import RejectionStats
+    from warriorcoder.runtime.stores import RejectionStats
 
     samples = await samples_from_nats(settings=cfg)
     nc = await connect_briefly(cfg)

@@ -136,9 +136,15 @@ def votes_from_samples(samples: Iterable[Sample]) -> list[ArenaVote]:
 
     A vote for the attacker makes ``winner="model_a"``, for the defender ``"model_b"``; ties stay
     ties and invalid votes are skipped. ``judge`` and ``battle_id`` (the sample id) are filled.
+    Samples are taken in the order their ratings were applied (``rating_seq``; samples without
+    one keep their place, after those with one), each sample's votes in the order the judges
+    gave them, so replaying the votes with ``online_elo`` gives the arena's live ratings exactly.
     """
+    ordered = sorted(
+        samples, key=lambda s: (s.rating_seq is None, s.rating_seq if s.rating_seq else 0)
+    )
     out: list[ArenaVote] = []
-    for s in samples:
+    for s in ordered:
         for v in s.votes:
             winner = _FROM_SAMPLE.get(v.winner)
             if winner is None:

@@ -34,7 +34,6 @@ import time
 from collections.abc import Awaitable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import yaml
@@ -132,12 +131,7 @@ class LocalArena:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._close()
 
     @property

@@ -20,7 +20,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -33,8 +32,8 @@ from warriorcoder.proto.messages import decode
 from warriorcoder.proto.state import Ratings
 from warriorcoder.runtime.bus import Bus, connect
 from warriorcoder.runtime.settings import NatsSettings
-from warriorcoder.stages.aggregator.dataset import SHARD_GLOB, read_samples
-from warriorcoder.stages.challenger.state import Budget, RejectionStats
+from warriorcoder.runtime.shards import SHARD_GLOB, read_samples
+from warriorcoder.runtime.stores import Budget, RejectionStats
 
 __all__ = ["STAGES", "Snapshot", "StatusReader", "count_samples"]
 
@@ -119,12 +118,7 @@ class StatusReader:
         self._conn = Bus(self._nc, self.cfg, stage="up")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._nc is not None:
             await self._nc.close()
 

@@ -5,7 +5,7 @@ Usage::
 
     keys = bucket_keys(kv)        # kv: nats.py KeyValue, or a store that lists keys itself
     revisions = await keys.revisions(["lsh.00.3f2a.*", "lsh.01.9bc0.*"])
-    revisions                     # {"lsh.00.3f2a.c1": 17, ...}: key -> revision, deleted keys left out
+    revisions                     # {"lsh.00.3f2a.c1": 17, ...}: live keys and their revisions
 
 Why not ``KeyValue.keys(filters=...)``: in nats.py 2.16 it watches the WHOLE bucket (``>``) and
 keeps the keys that contain one of the filters as a plain substring (no ``*``/``>`` wildcards),

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -252,12 +251,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             self._backends[name] = _Backend(name, cfg, client, self._releases[name])
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()

@@ -38,6 +38,7 @@ class Applied:
     r_defender: float
     duplicate: bool  # the battle had already been applied
     ratings: dict[str, float]  # all ratings after this call
+    seq: int | None = None  # its rating sequence (None: no rating change, or not recorded)
 
 
 class RatingsStore:
@@ -60,9 +61,12 @@ class RatingsStore:
         outcome: list[Applied] = []
 
         def change(doc: Ratings) -> Ratings | None:
-            for bid, ra, rd in doc.recent:
+            # recent_seq is aligned with the end of recent (documents of older versions lack it)
+            offset = len(doc.recent) - len(doc.recent_seq)
+            for i, (bid, ra, rd) in enumerate(doc.recent):
                 if bid == battle:
-                    outcome.append(Applied(ra, rd, True, dict(doc.ratings)))
+                    seq = doc.recent_seq[i - offset] if i >= offset else 0
+                    outcome.append(Applied(ra, rd, True, dict(doc.ratings), seq or None))
                     return None  # already applied: nothing to write
             ra = doc.ratings.get(attacker, init)
             rd = doc.ratings.get(defender, init)
@@ -70,12 +74,16 @@ class RatingsStore:
             ratings = dict(doc.ratings)
             if after is not None:
                 ratings[attacker], ratings[defender] = after
-            outcome.append(Applied(ra, rd, False, ratings))
+            battles = doc.battles + (after is not None)
+            seq = battles if after is not None else 0
+            outcome.append(Applied(ra, rd, False, ratings, seq or None))
+            window = self.scoring.idempotency_window
             return msgspec.structs.replace(
                 doc,
                 ratings=ratings,
-                battles=doc.battles + (after is not None),
-                recent=[*doc.recent, (battle, ra, rd)][-self.scoring.idempotency_window :],
+                battles=battles,
+                recent=[*doc.recent, (battle, ra, rd)][-window:],
+                recent_seq=[*doc.recent_seq, seq][-window:],
                 updated_at=time.time(),
             )
 

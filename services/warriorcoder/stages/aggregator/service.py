@@ -22,8 +22,8 @@ from warriorcoder.proto.messages import Judgement
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ports import Publisher
 from warriorcoder.runtime.settings import ScoringSettings
+from warriorcoder.runtime.shards import ShardWriter
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage, no_models
-from warriorcoder.stages.aggregator.dataset import ShardWriter
 from warriorcoder.stages.aggregator.ratings import RatingsStore
 
 __all__ = ["STAGE", "make_handler"]
@@ -50,7 +50,7 @@ def make_handler(
             metrics.DUPLICATES.inc()
         # Pure in (judgement, pre-battle ratings): the same sample as the one applied, even when
         # this is a redelivery of a battle applied before a crash.
-        sample = decide(j, applied.r_attacker, applied.r_defender, scoring)
+        sample = decide(j, applied.r_attacker, applied.r_defender, scoring, rating_seq=applied.seq)
         for model, rating in applied.ratings.items():
             metrics.ELO.labels(model=model).set(rating)
         if sample is None:

@@ -37,10 +37,10 @@ from warriorcoder.runtime.ports import Inference, KeyValueStore, Publisher
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Deps, Stage
+from warriorcoder.runtime.stores import Budget, RejectionStats, ScheduleCursor
 from warriorcoder.stages.challenger.diversity import DiversityGate
 from warriorcoder.stages.challenger.filters import DedupIndex
 from warriorcoder.stages.challenger.quality import QualityGate
-from warriorcoder.stages.challenger.state import Budget, RejectionStats, ScheduleCursor
 
 __all__ = ["BUCKETS", "STAGE", "Miner", "run"]
 

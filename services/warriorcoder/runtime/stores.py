@@ -1,5 +1,6 @@
-"""The state the challenger replicas share in KV buckets: the schedule cursor, the challenge budget
-and the rejection counts, each a typed document changed by compare-and-set.
+"""Typed stores of the arena's shared state in KV buckets: the schedule cursor, the challenge budget
+and the rejection counts, each a document changed by compare-and-set. The challengers write them;
+`warriorcoder up`, `leaderboard` and the dataset card read them.
 
 Usage::
 
