@@ -4,7 +4,8 @@ the verified MinHash-LSH index (``warriorcoder.arena.near_dup``), in memory.
 Usage::
 
     python benchmarks/near_dup.py --sizes 1000 10000 100000 --probes 2000
-    python benchmarks/near_dup.py --nats --sizes 1000 10000 --probes 500   # on a real nats-server
+    python benchmarks/near_dup.py --nats --sizes 1000 10000 100000 --probes 500  # real nats-server
+    python benchmarks/near_dup.py --nats --fill claim --sizes 1000 --probes 200  # filled by claims
 
 Corpus: HumanEval's 164 problem statements (each prompt's docstring) plus generated coding tasks
 (``generated_task``): an opener ("Write a Python function `f` that", "In Rust, write ..."), an
@@ -39,6 +40,7 @@ from warriorcoder.arena.near_dup import (
     LshBands,
     decode_signature,
     encode_signature,
+    encode_words,
     estimated_jaccard,
     word_hashes,
     words_jaccard,
@@ -361,25 +363,93 @@ def latency(index: NearDupIndex, texts: list[str]) -> tuple[float, float]:
 def kv_bytes_per_instruction(bands: LshBands, words: list[np.ndarray]) -> dict[str, float]:
     """File-store bytes of the keys one instruction keeps (nats-server's per-message size:
     22-byte record header + subject + headers + payload + 8-byte checksum; the KV subject is
-    ``$KV.<bucket>.<key>``), and the words value alone. The exact key is there today already."""
+    ``$KV.<bucket>.<key>``), and the words value alone. A band key alone in its band holds a
+    one-id ``BandMembers`` and, written by compare-and-set, the expected-revision header (each
+    further member of a shared band adds its quoted id, 35 bytes, instead of a record)."""
+    from warriorcoder.proto.state import BandMembers, encode
+
     bucket = "warriorcoder_v1_dedup"
     cid = "0" * 32
+    cas = len("NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 0\r\n\r\n")
 
-    def record(key: str, value_len: int) -> int:
-        return 22 + len(f"$KV.{bucket}.{key}") + value_len + 8
+    def record(key: str, value_len: int, headers: int = 0) -> int:
+        return 22 + len(f"$KV.{bucket}.{key}") + headers + value_len + 8
 
-    band = record(f"lsh.00.{'0' * 24}.{cid}", 0)
+    band = record(f"lsh.00.{'0' * 24}", len(encode(BandMembers(ids=[cid]))), cas)
     mean_words = float(np.mean([w.nbytes for w in words]))
     return {
         "band keys": bands.bands * band,
         "words": record(f"words.{cid}", 0) + mean_words,
         "words value": mean_words,
         "signature instead": record(f"words.{cid}", 0) + 4 * bands.num_perm,
-        "exact key": record("exact." + "0" * 40, len(cid)),
+        "exact key": record("exact." + "0" * 40, len(cid), cas),
     }
 
 
-async def _nats_run(sizes: list[int], corpus: list[str], probes: list[str]) -> None:
+def _bulk_records(
+    prep: Prepared, positions: list[int], bands: dict[str, list[str]]
+) -> list[tuple[str, bytes, bool]]:
+    """(key, value, created) of what ``DedupIndex.claim`` leaves for the admitted texts at
+    ``positions`` (in admission order): exact key, words, and each ``lsh.<band key>`` they
+    join with its whole member list (``bands``: the members so far, updated here)."""
+    from warriorcoder.proto.state import BandMembers, encode
+    from warriorcoder.stages.challenger.filters import _exact_key
+
+    out: list[tuple[str, bytes, bool]] = []
+    joined: dict[str, bool] = {}  # band key -> created by this fill
+    for pos in positions:
+        cid = f"{pos:032x}"
+        out.append((_exact_key(prep.texts[pos]), cid.encode(), True))
+        out.append((f"words.{cid}", encode_words(prep.words[pos]), False))
+        for key in prep.keys[pos]:
+            joined.setdefault(key, key not in bands)
+            bands.setdefault(key, []).append(cid)
+    out += [(f"lsh.{k}", encode(BandMembers(ids=bands[k])), new) for k, new in joined.items()]
+    return out
+
+
+async def _bulk_fill(nc: Any, bucket: str, records: list[tuple[str, bytes, bool]]) -> None:
+    """Write the records straight onto the bucket's subjects with core-NATS publishes (no
+    per-message ack) in chunks of 20k, each stored before the next is sent (flow control):
+    what the claims would have written, in a minute instead of hours. Band keys are written
+    once with their whole member list (the claims would have compare-and-set them one id at a
+    time; with history 1 the stream keeps only the last value either way)."""
+    js = nc.jetstream()
+    stream = f"KV_{bucket}"
+    # A claim creates the exact key and writes each band by compare-and-set, whose expected
+    # revision header the stream stores with the value: a header of the same size is written
+    # here (not that one: a key the probes created and deleted since must be overwritten).
+    create = {"X-Bench-" + "x" * (len("Nats-Expected-Last-Subject-Sequence") - 8): "0"}
+    for start in range(0, len(records), 20_000):
+        chunk = records[start : start + 20_000]
+        want = (await js.stream_info(stream)).state.last_seq + len(chunk)
+        for key, value, created in chunk:
+            await nc.publish(f"$KV.{bucket}.{key}", value, headers=create if created else None)
+        await nc.flush(timeout=60)
+        last, still = 0, 0
+        while (seq := (await js.stream_info(stream)).state.last_seq) < want:
+            still = still + 1 if seq == last else 0
+            if still > 100:  # 10 s without progress: the server dropped writes
+                raise RuntimeError(f"bulk fill: {want - seq} writes of a chunk were not stored")
+            last = seq
+            await asyncio.sleep(0.1)
+
+
+async def _probe_claims(index: Any, probes: list[str], base: int) -> tuple[float, float, float]:
+    """Claim each probe (released after): latency p50, p99 in ms, words fetched per claim."""
+    took = []
+    fetched = index.fetched
+    for i, text in enumerate(probes):
+        t1 = time.perf_counter()
+        claim, _ = await index.claim(text, f"{base + i:032x}")
+        took.append(time.perf_counter() - t1)
+        if claim is not None:
+            await claim.release()
+    p50, p99 = np.percentile(took, [50, 99]) * 1e3
+    return float(p50), float(p99), (index.fetched - fetched) / len(probes)
+
+
+async def _nats_run(sizes: list[int], corpus: list[str], probes: int, seed: int, fill: str) -> None:
     """``--nats``: ``DedupIndex.claim`` on a real nats-server (file store, loopback)."""
     import tempfile
     from pathlib import Path
@@ -391,6 +461,11 @@ async def _nats_run(sizes: list[int], corpus: list[str], probes: list[str]) -> N
     from warriorcoder.stages.challenger.filters import DedupIndex
 
     bands = LshBands(num_perm=128, threshold=0.5)
+    t0 = time.perf_counter()
+    prep = Prepared(bands, corpus)
+    print(f"corpus {len(corpus)} texts prepared in {time.perf_counter() - t0:.1f}s; fill: {fill}")
+    memory = NearDupIndex(bands)  # decides which texts a bulk fill admits, as the claims would
+    members: dict[str, list[str]] = {}  # band key -> ids, as the bulk fill wrote them
     with tempfile.TemporaryDirectory() as tmp:
         proc = start_nats(Path(tmp) / "js")
         try:
@@ -399,35 +474,47 @@ async def _nats_run(sizes: list[int], corpus: list[str], probes: list[str]) -> N
                 api.KeyValueConfig(bucket="bench_dedup", history=1, storage=api.StorageType.FILE)
             )
             filler = DedupIndex(kv, bands)
-            admitted = pos = 0
+            admitted: list[int] = []
+            pos = 0
             for size in sorted(sizes):
                 t0 = time.perf_counter()
-                while admitted < size and pos < len(corpus):
-                    claim, _ = await filler.claim(corpus[pos], f"{pos:032x}")
-                    admitted += claim is not None
+                new: list[int] = []
+                while len(admitted) + len(new) < size and pos < len(corpus):
+                    cid = f"{pos:032x}"
+                    if fill == "claim":
+                        claim, _ = await filler.claim(corpus[pos], cid)
+                        ok = claim is not None
+                    else:
+                        ok = memory.admit_prepared(cid, prep.keys[pos], prep.words[pos]).admitted
+                    if ok:
+                        new.append(pos)
                     pos += 1
+                if fill == "bulk":
+                    await _bulk_fill(nc, "bench_dedup", _bulk_records(prep, new, members))
+                admitted += new
                 build_s = time.perf_counter() - t0
                 info = await nc.jetstream().stream_info("KV_bench_dedup")
-                rejected = pos - admitted
-                print(f"\n## NATS: index {admitted} admitted ({rejected} rejected, {build_s:.1f}s)")
+                n = len(admitted)
+                print(f"\n## NATS: index {n} admitted ({pos - n} rejected, {build_s:.1f}s to fill)")
                 print(
                     f"  stream: {info.state.messages} messages, {info.state.bytes} bytes: "
-                    f"{info.state.bytes / admitted:.0f} bytes per admitted instruction "
-                    "(delete markers of rejected ones included)"
+                    f"{info.state.bytes / n:.0f} bytes per admitted instruction"
                 )
-                for label, index in (("cold cache", DedupIndex(kv, bands)), ("warm cache", filler)):
-                    took = []
-                    fetched = index.fetched
-                    for i, text in enumerate(probes):
-                        t1 = time.perf_counter()
-                        claim, _ = await index.claim(text, f"{10**9 + size + i:032x}")
-                        took.append(time.perf_counter() - t1)
-                        if claim is not None:
-                            await claim.release()
-                    p50, p99 = np.percentile(took, [50, 99]) * 1e3
+                # New probes at each size, half on a fresh replica (cold word cache), half on one
+                # that caches every admitted word set (a long-running replica; the ranks only
+                # need to be lower than any probe's); probes are released after each claim.
+                fresh = generated_tasks(2 * probes, seed=seed + 1000 + size)
+                warm = DedupIndex(kv, bands)
+                for i in admitted:
+                    warm.cache.put(f"{i:032x}", encode_words(prep.words[i]), 1)
+                runs = (("cold cache", DedupIndex(kv, bands)), ("warm cache", warm))
+                for k, (label, index) in enumerate(runs):
+                    texts = fresh[k * probes : (k + 1) * probes]
+                    base = 10**9 + (size * 2 + k) * probes
+                    p50, p99, per = await _probe_claims(index, texts, base)
                     print(
-                        f"  claim latency, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
-                        f"words fetched per claim {(index.fetched - fetched) / len(probes):.1f}"
+                        f"  claim latency, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+                        f"({probes} claims); words fetched per claim {per:.1f}"
                     )
             await nc.close()
         finally:
@@ -442,13 +529,18 @@ def main() -> None:
     ap.add_argument(
         "--nats", action="store_true", help="claim on a real nats-server instead (latency, bytes)"
     )
+    ap.add_argument(
+        "--fill",
+        choices=["bulk", "claim"],
+        default="bulk",
+        help="--nats: pre-fill the bucket with bulk writes of what the claims leave, or by claims",
+    )
     args = ap.parse_args()
     if args.nats:
         corpus = humaneval_statements() + generated_tasks(
             int(max(args.sizes) * 1.3), seed=args.seed
         )
-        probes = generated_tasks(args.probes, seed=args.seed + 1000)
-        asyncio.run(_nats_run(args.sizes, corpus, probes))
+        asyncio.run(_nats_run(args.sizes, corpus, args.probes, args.seed, args.fill))
         return
     bands = LshBands(num_perm=128, threshold=0.5)
     rng = random.Random(args.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from warriorcoder.arena.instructions import normalise
+from warriorcoder.arena.invariants import orders_for
 from warriorcoder.proto.messages import (
     Answer,
     Battle,
@@ -94,3 +95,34 @@ def judgement(winners: list[str], **kw: Any) -> Judgement:
         for i, w in enumerate(winners)
     ]
     return Judgement(id=b.id, battle=b, votes=votes, position_mode="both", judged_at=3.0)
+
+
+def arena_vote(judge: str, winner: str, orders: list[str] | None = None) -> Vote:
+    """A consistent vote: verdicts that combine to ``winner`` in ``orders`` (default both)."""
+    orders = orders or ["attacker", "defender"]
+    first = {"attacker": "A", "defender": "B"}
+    if winner == "invalid":
+        verdicts = ["invalid"] * len(orders)
+    elif winner == "tie":
+        verdicts = ["tie"] * len(orders)
+    else:  # the label that puts the winner's answer first, per order
+        verdicts = [first[winner] if o == "attacker" else first[_other(winner)] for o in orders]
+    return Vote(judge=judge, orders=orders, verdicts=verdicts, winner=winner, asked=len(orders))  # type: ignore[arg-type]
+
+
+def arena_judgement(
+    b: Battle, settings: ArenaSettings, winners: list[str] | None = None
+) -> Judgement:
+    """The judgement ``settings``' arena gives ``b``: a consistent vote by each of its judges
+    (``winners`` in ``judges_for`` order; the attacker wins by default), in its position mode."""
+    ch = b.challenge
+    judges = settings.judges_for(ch.attacker, ch.defender)
+    winners = winners or ["attacker"] * len(judges)
+    orders = list(orders_for(settings.judge.position_mode, b.id))
+    votes = [arena_vote(j, w, orders) for j, w in zip(judges, winners, strict=True)]
+    mode = settings.judge.position_mode
+    return Judgement(id=b.id, battle=b, votes=votes, position_mode=mode, judged_at=3.0)
+
+
+def _other(role: str) -> str:
+    return "defender" if role == "attacker" else "attacker"

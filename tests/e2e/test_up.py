@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from warriorcoder.launcher.arena import count_samples
+from warriorcoder.launcher.arena import SERVICES, count_samples
 from warriorcoder.launcher.background import BackgroundArena
 from warriorcoder.launcher.processes import free_port
 from warriorcoder.runtime.shards import read_samples
@@ -119,3 +119,124 @@ def test_up_with_a_config_of_existing_tritons(tmp_path: Path, triton_url: str):
     resolved = yaml.safe_load((tmp_path / "data" / "arena.yaml").read_text())
     assert resolved["models"]["alpha"]["triton_url"] == triton_url
     assert len(read_samples(tmp_path / "data" / "samples")) == 4
+
+
+def _wait_output(proc: subprocess.Popen[str], text: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} within {timeout:g}s:\n{''.join(lines)}")
+
+
+def _ratings(nats_store_dir: Path) -> tuple[int, dict[str, float]]:
+    """The ratings document of a stopped arena's store, read through a nats-server of its own."""
+    import asyncio
+
+    from nats.aio.client import Client
+
+    from warriorcoder.launcher.processes import start_nats
+    from warriorcoder.proto import subjects
+    from warriorcoder.proto.messages import decode
+    from warriorcoder.proto.state import Ratings
+
+    server = start_nats(nats_store_dir)
+    try:
+
+        async def read() -> Ratings:
+            nc = Client()
+            await nc.connect(f"nats://127.0.0.1:{server.ports['client']}")
+            try:
+                kv = await nc.jetstream().key_value(subjects.KV_RATINGS)
+                return decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
+            finally:
+                await nc.close()
+
+        doc = asyncio.run(read())
+    finally:
+        server.stop()
+    return doc.battles, dict(doc.ratings)
+
+
+def test_kill_9_of_up_leaves_no_child_and_a_rerun_resumes_to_exactly_n(tmp_path: Path):
+    from warriorcoder.launcher.groups import group_members
+
+    data = tmp_path / "arena"
+    first = up(data, "--scripted", "--battles", "300", "--port", "0")
+    try:
+        _wait_output(first, "arena running", 300)
+        deadline = time.monotonic() + 120
+        while count_samples(data / "samples") < 3:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        # One run per data directory: a second `up` is refused, naming the holder.
+        second = up(data, "--scripted", "--battles", "300", "--port", "0")
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 2, out
+        assert f"in use by pid {first.pid}" in out
+        recorded = json.loads((data / "children.json").read_text())["children"]
+        assert set(recorded) == {"nats-server", "tritonserver", *SERVICES}
+        pids = {p for pgid, _ in recorded.values() for p in group_members(pgid)}
+        assert len(pids) > len(recorded)  # Triton's own tritonserver and its stubs among them
+    finally:
+        first.kill()
+        first.wait()
+    deadline = time.monotonic() + 60
+    while alive := [p for p in pids if not _gone(p)]:
+        assert time.monotonic() < deadline, f"children outlived `up`: {alive}"
+        time.sleep(0.2)
+    killed_at = count_samples(data / "samples")
+
+    rerun = up(data, "--scripted", "--battles", "300", "--port", "0")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    samples = read_samples(data / "samples")
+    assert len(samples) == len({s.id for s in samples}) == 300, (killed_at, out)
+    assert "done: 300 samples" in out and killed_at < 300
+    battles, ratings = _ratings(data / "nats")
+    assert battles >= 300 and set(ratings) >= {s.attacker for s in samples}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_nats_server_killed_mid_run_is_restarted_and_the_run_completes(tmp_path: Path):
+    with BackgroundArena(tmp_path / "arena", battles=20) as arena:
+        arena.wait_for_samples(3, timeout=180)
+        old = arena.procs["nats-server"].pid
+        arena.kill("nats-server")
+        arena.wait_for_samples(20, timeout=300)
+        assert arena.procs["nats-server"].pid != old and not arena.dead()
+        assert any("nats-server exited with code -9; restarting it" in e for e in arena.events)
+    samples = read_samples(tmp_path / "arena" / "samples")
+    assert len({s.id for s in samples}) == len(samples) >= 20
+
+
+def test_a_service_killed_8_times_in_a_minute_does_not_end_the_run(tmp_path: Path):
+    with BackgroundArena(tmp_path / "arena", battles=15, loop_cap_s=2.0) as arena:
+        arena.wait_for_samples(2, timeout=180)
+        for _ in range(8):  # each as soon as the last one's restart is up: 8 in under a minute
+            old = arena.procs["responder"]
+            arena.kill("responder")
+            deadline = time.monotonic() + 30
+            while arena.procs["responder"] is old:
+                assert time.monotonic() < deadline and arena.samples() < 15
+                time.sleep(0.05)
+        assert arena.arena.crash_looping() == ["responder"]
+        arena.wait_for_samples(15, timeout=300)
+        assert arena.arena.restarts()["responder"] == 8
+    log = (tmp_path / "arena" / "logs" / "supervisor.log").read_text()
+    assert "CRASH LOOP: responder" in log
+    samples = read_samples(tmp_path / "arena" / "samples")
+    assert len({s.id for s in samples}) == len(samples) >= 15

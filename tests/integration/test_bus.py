@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats
 import pytest
 
-from tests.helpers import challenge
+from tests.helpers import battle, challenge, judgement
 from warriorcoder.errors import PoisonError, RetryableError
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Challenge, DeadLetter, decode, encode
+from warriorcoder.proto.messages import Battle, Challenge, DeadLetter, Judgement, decode, encode
 from warriorcoder.runtime.bus import Bus, connect
 from warriorcoder.runtime.settings import NatsSettings
 
@@ -383,3 +384,276 @@ async def test_consume_leaves_no_task_behind(bus):
     assert asyncio.all_tasks() - before == set()
     assert len(seen[0] - before) >= 4  # stop waiter, lag watcher, handlers, heartbeats
     assert stopper.done()
+
+
+# -- the boundary always settles a message (issue 10, item 1) -----------------------------------
+
+WORK = (  # (subject, stream, consumer = stage, message type, a valid message)
+    (subjects.CHALLENGES, subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge),
+    (subjects.BATTLES, subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE, Battle),
+    (subjects.JUDGEMENTS, subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR, Judgement),
+)
+
+
+def _valid(type_: type, i: int) -> Challenge | Battle | Judgement:
+    text = f"Write a Python function number {i} that sorts a list of integers."
+    if type_ is Challenge:
+        return challenge(text=text)
+    if type_ is Battle:
+        return battle(text=text)
+    return judgement(["attacker"], text=text)
+
+
+async def _stage_buses(nats_url: str, **overrides: object) -> list[Bus]:
+    cfg = NatsSettings(url=nats_url, max_deliver=3, retry_delay_s=0.05, ack_wait_s=5, **overrides)
+    buses = []
+    for _, _, stage, _ in WORK:
+        b = Bus(await connect(cfg), cfg, stage=stage)
+        await b.ensure_topology()
+        buses.append(b)
+    return buses
+
+
+async def _consume_all(buses: list[Bus], handlers: list, stop: asyncio.Event) -> None:
+    await asyncio.gather(
+        *(
+            b.consume(stream, stage, type_, h, stop=stop, max_in_flight=4, drain_timeout_s=2)
+            for b, h, (_, stream, stage, type_) in zip(buses, handlers, WORK, strict=True)
+        )
+    )
+
+
+async def _until(cond, limit_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_900kb_junk_on_every_work_subject_is_dead_lettered_once(nats_url):
+    """900 KB of random bytes (and 900 KB of control characters, six bytes each once
+    JSON-escaped) on each work subject while valid work flows: every junk message is
+    dead-lettered exactly once, within max_payload, matchable by size and hash; all valid work
+    is done and nothing is redelivered."""
+    import hashlib
+    import os
+
+    buses = await _stage_buses(nats_url, dead_letter_payload_bytes=4_000_000)  # > max_payload
+    bus = buses[0]
+    junk = {}
+    for subject, *_ in WORK:
+        control = b"\x01" * 899_900 + subject.encode().ljust(100)  # distinct per subject
+        for kind, data in (("random", os.urandom(900_000)), ("control", control)):
+            junk[(subject, kind)] = data
+    seen: list[list[str]] = [[] for _ in WORK]
+    sent: list[list[str]] = [[] for _ in WORK]
+    handlers = [lambda m, out=out: _record(out, m.id) for out in seen]
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(_consume_all(buses, handlers, stop))
+    try:
+        for i in range(6):
+            for k, (subject, _, _, type_) in enumerate(WORK):
+                msg = _valid(type_, i)
+                await bus.publish(subject, msg, msg_id=msg.id)
+                sent[k].append(msg.id)
+            if i in (1, 3):  # junk in the middle of the flow
+                for (subject, kind), data in junk.items():
+                    if (kind == "random") == (i == 1):
+                        await bus.js.publish(
+                            subject, data, headers={"Nats-Msg-Id": f"junk-{subject}-{kind}"}
+                        )
+
+        async def settled() -> bool:
+            return all(sorted(s) == sorted(t) for s, t in zip(seen, sent, strict=True)) and (
+                await dlq_count(bus) >= len(junk)
+            )
+
+        await _until(settled, 30)
+        await asyncio.sleep(1.5)  # a redelivered junk message would be dead-lettered again
+    finally:
+        stop.set()
+        await asyncio.wait_for(consuming, 15)
+    letters = await dead_letters(bus)
+    assert len(letters) == len(junk)
+    by_hash = {hashlib.sha256(d).hexdigest(): key for key, d in junk.items()}
+    assert {by_hash[letter.payload_sha256] for letter in letters} == set(junk)
+    for letter in letters:
+        subject, kind = by_hash[letter.payload_sha256]
+        assert letter.subject == subject and letter.reason == "undecodable"
+        assert letter.deliveries == 1
+        assert letter.payload_bytes == 900_000 and letter.payload_truncated
+        assert 0 < len(encode(letter)) < bus.nc.max_payload
+        if kind == "control":
+            assert set(letter.payload) == {"\x01"}  # a prefix of the original
+    assert all(sorted(s) == sorted(t) for s, t in zip(seen, sent, strict=True))
+    for _, stream, _, _ in WORK:
+        assert await bus.stored(stream) == 0  # everything settled: nothing left to redeliver
+    for b in buses:
+        await b.nc.drain()
+
+
+async def _record(out: list[str], msg_id: str) -> None:
+    out.append(msg_id)
+
+
+async def test_a_small_payload_stays_whole_and_carries_its_size_and_hash(bus):
+    import hashlib
+
+    ch = challenge()
+    await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+
+    async def handler(c: Challenge) -> None:
+        raise PoisonError("unknown_model", "no")
+
+    await consume_until(bus, handler, done=lambda: dlq_count(bus))
+    [letter] = await dead_letters(bus)
+    assert not letter.payload_truncated
+    assert letter.payload.encode() == encode(ch)
+    assert letter.payload_bytes == len(encode(ch))
+    assert letter.payload_sha256 == hashlib.sha256(encode(ch)).hexdigest()
+
+
+async def test_a_message_is_terminated_even_when_its_dead_letter_fails(bus, monkeypatch):
+    """The dead-letter publish fails: the message is still settled (terminated, not
+    redelivered), the loss counted and logged."""
+    from prometheus_client import REGISTRY
+
+    def failures() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "warriorcoder_dead_letter_failures_total", {"stage": "responder"}
+            )
+            or 0.0
+        )
+
+    before = failures()
+    real_publish = bus.js.publish
+
+    async def publish(subject, payload=b"", **kw):
+        if subject.startswith(subjects.DLQ_PREFIX):
+            raise nats.errors.MaxPayloadError
+        return await real_publish(subject, payload, **kw)
+
+    monkeypatch.setattr(bus.js, "publish", publish)
+    await bus.js.publish(subjects.CHALLENGES, b"\x00 junk", headers={"Nats-Msg-Id": "junk"})
+    good = challenge()
+    await bus.publish(subjects.CHALLENGES, good, msg_id=good.id)
+    seen: list[str] = []
+
+    async def handler(c: Challenge) -> None:
+        seen.append(c.id)
+
+    await consume_until(bus, handler, done=lambda: failures() == before + 1 and bool(seen))
+    assert seen == [good.id]
+    await asyncio.sleep(0.3)
+    assert await bus.stored(subjects.STREAM_CHALLENGES) == 0  # terminated: gone for good
+    info = await bus.js.consumer_info(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER)
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert await dlq_count(bus) == 0
+
+
+# -- the stall of a killed replica (issue 10, item 4) -------------------------------------------
+
+
+async def test_backlog_leaves_out_the_messages_a_dead_consumer_holds(bus, nats_url):
+    """A replica takes three of five messages and dies without acking: until ack_wait gives
+    them back, the backlog (what the challenger paces itself on) counts only the two still
+    waiting; ``stored`` counts all five."""
+    for i in range(5):
+        ch = challenge(text=f"Write a Python function number {i} to sort.")
+        await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+    assert await bus.backlog(subjects.STREAM_CHALLENGES) == 5  # no consumer yet: every message
+    replica_nc = await connect(bus.cfg)
+    replica = Bus(replica_nc, bus.cfg, stage="responder")
+    await replica.ensure_consumer(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER)
+    sub = await replica.js.pull_subscribe_bind(
+        subjects.CONSUMER_RESPONDER, subjects.STREAM_CHALLENGES
+    )
+    assert len(await sub.fetch(3, timeout=5)) == 3
+    await replica_nc.close()  # killed: no ack, no nak
+    assert await bus.backlog(subjects.STREAM_CHALLENGES) == 2
+    assert await bus.stored(subjects.STREAM_CHALLENGES) == 5
+
+
+async def test_heartbeats_extend_ack_wait_while_a_handler_runs(nats_url):
+    """A handler running for several ack_waits is not redelivered: its in_progress heartbeats
+    (every ack_wait / 3) keep the message its own."""
+    cfg = NatsSettings(url=nats_url, ack_wait_s=1.0, max_deliver=3)
+    b = Bus(await connect(cfg), cfg, stage="responder")
+    await b.ensure_topology()
+    ch = challenge()
+    await b.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+    calls = 0
+
+    async def handler(c: Challenge) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3.5)
+
+    await consume_until(b, handler, done=lambda: _settled(b), limit_s=20)
+    assert calls == 1
+    await b.nc.drain()
+
+
+async def _settled(b: Bus) -> bool:
+    return await b.stored(subjects.STREAM_CHALLENGES) == 0
+
+
+# -- JetStream unavailable is retried (issue 10, item 6) ----------------------------------------
+
+
+async def test_retrying_waits_out_unavailability_and_passes_other_errors():
+    from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+    from warriorcoder.runtime.bus import NatsUnavailableError, retrying
+
+    errors = [
+        ServiceUnavailableError(),
+        nats.errors.NoRespondersError(),
+        nats.errors.TimeoutError(),
+    ]
+
+    async def flaky() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    assert await retrying("op", flaky, budget_s=10) == "ok"
+
+    async def missing() -> None:
+        raise NotFoundError()
+
+    with pytest.raises(NotFoundError):
+        await retrying("op", missing, budget_s=10)
+
+    async def down() -> None:
+        raise ServiceUnavailableError()
+
+    with pytest.raises(NatsUnavailableError) as err:
+        await retrying("op", down, budget_s=0.5)
+    assert err.value.retryable and err.value.reason == "nats_unavailable"
+
+
+async def test_consume_survives_fetches_failing_with_service_unavailable(bus, monkeypatch):
+    """A fetch answered 503 (an election) is retried, not raised out of consume."""
+    from nats.js.client import JetStreamContext
+    from nats.js.errors import ServiceUnavailableError
+
+    real_fetch = JetStreamContext.PullSubscription.fetch
+    failures = [ServiceUnavailableError(), ServiceUnavailableError()]
+
+    async def fetch(self, *args, **kw):
+        if failures:
+            raise failures.pop(0)
+        return await real_fetch(self, *args, **kw)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", fetch)
+    ch = challenge()
+    await bus.publish(subjects.CHALLENGES, ch, msg_id=ch.id)
+    seen: list[str] = []
+
+    async def handler(c: Challenge) -> None:
+        seen.append(c.id)
+
+    await consume_until(bus, handler, done=lambda: bool(seen))
+    assert seen == [ch.id] and failures == []

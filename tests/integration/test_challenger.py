@@ -12,6 +12,7 @@ from tests.helpers import arena_settings
 from warriorcoder.arena.near_dup import LshBands
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, decode
+from warriorcoder.proto.state import BandMembers, decode_state
 from warriorcoder.runtime.bus import Bus, connect
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stage import Deps
@@ -193,9 +194,18 @@ async def test_distinct_instructions_sharing_a_band_are_both_admitted_across_rep
     assert sorted(reasons[0::2]) == ["", "near_duplicate"]
     assert sorted(reasons[1::2]) == ["", "near_duplicate"]
     # Two admitted, which do not block each other; the withdrawn ones left no key behind.
+    # (one key per band, shared by its members: count memberships rather than band keys)
     kv = indexes[0].kv
     held = await kv.keys()
-    assert len(held) == 2 * (bands.bands + 2)
+    members = [
+        (k, i)
+        for k in held
+        if k.startswith("lsh.")
+        for i in decode_state((await kv.get(k)).value, BandMembers).ids
+    ]
+    others = [k for k in held if not k.startswith("lsh.")]
+    assert len(members) + len(others) == 2 * (bands.bands + 2)
+    assert {i for _, i in members} == {f"{i + 1:032x}" for i, (c, _) in enumerate(results) if c}
     for nc in ncs:
         await nc.drain()
 

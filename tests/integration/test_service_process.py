@@ -98,3 +98,23 @@ def test_readiness_names_a_model_triton_does_not_serve(tmp_path, nats_url, trito
         assert json.loads(body)["problems"] == ["triton: model 'gamma' not ready"]
     finally:
         proc.stop()
+
+
+def test_sigterm_with_nats_gone_still_exits_within_the_grace(tmp_path, nats_server, triton_url):
+    """Shutdown is bounded even when NATS died first and every call is still retrying."""
+    nats_url = f"nats://127.0.0.1:{nats_server.ports['client']}"
+    tree = arena_tree(triton_url, nats_url)
+    tree["service"] = {"drain_timeout_s": 3, "log_format": "json"}
+    path = tmp_path / "arena.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    proc = start_service("challenger", path, log_path=tmp_path / "challenger.log")
+    wait_http(f"http://127.0.0.1:{proc.ports['http']}/healthz", proc, 60)
+    time.sleep(2)  # mining: KV, publishes and backlog reads in flight
+    nats_server.stop()
+    time.sleep(1)
+    start = time.monotonic()
+    code = proc.stop(timeout=60)
+    elapsed = time.monotonic() - start
+    # drain_timeout_s (3) + the runner's slack (5) + process exit; far below the 60 s NATS retries
+    assert elapsed < 15, (elapsed, proc.log_tail())
+    assert code == 0, proc.log_tail()

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.helpers import arena_settings, battle, challenge, judgement
+from tests.helpers import arena_judgement, arena_settings, battle, challenge, judgement
 from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Battle, Judgement, Sample, decode
@@ -49,7 +49,7 @@ async def deps_factory(nats_url, triton_url):
 
 
 def responder_handler(deps: Deps):
-    return make_responder_handler(deps.roster, deps.inference, deps.publisher)
+    return make_responder_handler(deps.settings, deps.roster, deps.inference, deps.publisher)
 
 
 def judge_handler(deps: Deps):
@@ -188,8 +188,11 @@ async def test_concurrent_aggregators_apply_every_battle_once(deps_factory, tmp_
     async def apply(store, j):
         return await store.apply(j.id, "alpha", "beta", lambda ra, rd: (ra + 1, rd - 1))
 
-    # Both replicas get every battle (redelivery to another replica), interleaved.
-    results = await asyncio.gather(*(apply(stores[i % 2], j) for j in battles for i in (0, 1)))
+    # The ordered consumer delivers one battle at a time; both replicas get each one at once
+    # (its delivery expired and went to the other replica while the first still ran).
+    results = []
+    for j in battles:
+        results += await asyncio.gather(*(apply(stores[i % 2], j) for i in (0, 1)))
     doc, _ = await stores[0].read()
     assert doc.battles == 10
     assert doc.ratings == {"alpha": 1010.0, "beta": 990.0}
@@ -234,8 +237,8 @@ async def test_shard_writer_survives_restart_and_torn_lines(tmp_path):
 
 
 async def test_exported_votes_replay_to_the_live_ratings_exactly(deps_factory, tmp_path):
-    """Two aggregators apply interleaved battles concurrently; replaying the votes exported from
-    their shards (in rating order) gives the live Elo ratings bit for bit."""
+    """Two aggregators race for every battle; replaying the votes exported from their shards (in
+    rating order) gives the live Elo ratings bit for bit."""
     import random
 
     from warriorcoder.data.bradley_terry import online_elo
@@ -258,8 +261,10 @@ async def test_exported_votes_replay_to_the_live_ratings_exactly(deps_factory, t
         await writer.open()
         writers.append(writer)
         handles.append(aggregator_handler(deps, store, writer))
-    # Every battle to both replicas (redelivery), all at once: application order is the race's.
-    await asyncio.gather(*(handles[k](j) for j in battles for k in (0, 1)))
+    # Battles one at a time (the ordered consumer), each to both replicas at once (redelivery to
+    # another replica while the first still runs): which replica applies it is the race's.
+    for j in battles:
+        await asyncio.gather(*(handles[k](j) for k in (0, 1)))
     for writer in writers:
         await writer.close()
     doc, _ = await store.read()
@@ -268,3 +273,155 @@ async def test_exported_votes_replay_to_the_live_ratings_exactly(deps_factory, t
     rng.shuffle(samples)  # shard and file order carry no meaning
     replayed = online_elo(votes_from_samples(samples), initial=deps.settings.scoring.initial_rating)
     assert replayed == doc.ratings
+
+
+class DiesAfterApplying(RatingsStore):
+    """A ratings store whose process is killed right after it applies one battle: before the
+    sample is written, published or the judgement acked."""
+
+    def __init__(self, kv, scoring, battle: str) -> None:
+        super().__init__(kv, scoring)
+        self.battle = battle
+        self.applied = asyncio.Event()
+
+    async def apply(self, battle, attacker, defender, step, *, in_dataset=False):
+        applied = await super().apply(battle, attacker, defender, step, in_dataset=in_dataset)
+        if battle == self.battle:
+            self.applied.set()
+            await asyncio.Event().wait()  # killed here
+        return applied
+
+
+async def test_a_judgement_applied_before_a_crash_counts_once_among_2000_battles(
+    nats_url, tmp_path
+):
+    """Through the real consumer on a real nats-server: an aggregator dies after applying a
+    battle, before its ack; 2,000 more judgements wait. The battle is not applied twice (the
+    previous version's window could be outrun: a redelivery after more battles than it held)."""
+    import random
+    import time
+
+    from warriorcoder.data.bradley_terry import online_elo
+    from warriorcoder.data.votes import votes_from_samples
+    from warriorcoder.stages.aggregator.service import STAGE
+
+    s = arena_settings(nats_url=nats_url, nats={"ack_wait_s": 1.5})
+    consumes = STAGE.consumes
+    assert consumes is not None
+    rng = random.Random(11)
+    judgements = []
+    for i in range(2001):
+        attacker, defender = rng.sample(["alpha", "beta", "gamma"], 2)
+        winners = [rng.choice(["attacker", "defender", "tie"]) for _ in range(3)]
+        text = f"Write a Python function number {i} that merges two sorted lists."
+        judgements.append(judgement(winners, attacker=attacker, defender=defender, text=text))
+    first = judgements[0]
+
+    async def aggregator(store_type, **kw):
+        nc = await connect(s.nats)
+        bus = Bus(nc, s.nats, stage="aggregator")
+        await bus.ensure_topology()
+        store = store_type(await bus.kv(subjects.KV_RATINGS), s.scoring, **kw)
+        writer = ShardWriter(tmp_path, max_per_shard=500)
+        await writer.open()
+        stop = asyncio.Event()
+        consume = bus.consume(
+            consumes.stream,
+            consumes.durable,
+            consumes.type,
+            make_aggregator_handler(s.scoring, store, writer, bus),
+            stop=stop,
+            max_in_flight=8,
+            drain_timeout_s=1,
+            max_ack_pending=consumes.max_ack_pending,
+        )
+        return nc, bus, store, writer, stop, asyncio.create_task(consume)
+
+    nc1, bus1, doomed, writer1, stop1, task1 = await aggregator(DiesAfterApplying, battle=first.id)
+    for j in judgements:
+        await bus1.publish(subjects.JUDGEMENTS, j, msg_id=j.id)
+    await asyncio.wait_for(doomed.applied.wait(), timeout=30)
+    await nc1.close()  # kill -9: no ack, no nak, no more heartbeats
+    stop1.set()
+    await asyncio.wait_for(task1, timeout=10)
+    await writer1.close()
+    assert read_samples(tmp_path) == []  # it died before writing the sample
+
+    start = time.monotonic()
+    nc2, bus2, store, writer2, stop2, task2 = await aggregator(RatingsStore)
+    try:
+        async with asyncio.timeout(240):
+            while True:  # a work queue: empty once every judgement is acked
+                if not (await bus2.js.stream_info(subjects.STREAM_JUDGEMENTS)).state.messages:
+                    break
+                await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - start
+    finally:
+        stop2.set()
+        await task2
+        await writer2.close()
+    print(f"ordered aggregator: {len(judgements) / elapsed:.0f} battles/s (incl. ack_wait 1.5 s)")
+
+    doc, _ = await store.read()
+    samples = read_samples(tmp_path)
+    assert sorted(x.id for x in samples) == sorted(j.id for j in judgements)  # each once
+    assert doc.battles == len(judgements) == 2001  # not 2002: the first battle counted once
+    [again] = [x for x in samples if x.id == first.id]
+    assert again.rating_seq == 1 and again.ratings_before == {
+        first.battle.challenge.attacker: 1000.0,
+        first.battle.challenge.defender: 1000.0,
+    }
+    assert sorted(x.rating_seq for x in samples) == list(range(1, 2002))
+    replayed = online_elo(votes_from_samples(samples), initial=s.scoring.initial_rating)
+    assert replayed == doc.ratings
+    assert (await bus2.js.stream_info(subjects.STREAM_SAMPLES)).state.messages == 2001
+    await nc2.drain()
+
+
+@pytest.mark.parametrize("pending", [False, True])
+async def test_a_document_of_the_previous_version_is_read_and_its_window_dropped(
+    nats_url, tmp_path, pending
+):
+    """The previous version's ``recent`` window is dropped at start only when no judgement is
+    pending (one pending might be a battle the window recorded)."""
+    from contextlib import AsyncExitStack
+
+    from warriorcoder.stages.aggregator.service import STAGE
+
+    s = arena_settings(nats_url=nats_url, data_dir=str(tmp_path))
+    nc = await connect(s.nats)
+    bus = Bus(nc, s.nats, stage="aggregator")
+    await bus.ensure_topology()
+    kv = await bus.kv(subjects.KV_RATINGS)
+    j = arena_judgement(battle(), s, ["defender"])  # the stage checks it: this arena's judges
+    legacy = {
+        "type": "warriorcoder.v1.ratings",
+        "ratings": {"alpha": 1020.0, "beta": 980.0},
+        "battles": 2,
+        "recent": [["0" * 32, 1000.0, 1000.0], [j.id, 1010.0, 990.0]],
+        "recent_seq": [1, 2],
+        "updated_at": 5.0,
+    }
+    await kv.put(subjects.RATINGS_KEY, msgspec.json.encode(legacy))
+    if pending:  # the previous version's aggregator took ``j`` and died before acking it
+        await bus.ensure_consumer(subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR)
+        await bus.publish(subjects.JUDGEMENTS, j, msg_id=j.id)
+        sub = await bus.js.pull_subscribe_bind(
+            subjects.CONSUMER_AGGREGATOR, subjects.STREAM_JUDGEMENTS
+        )
+        await sub.fetch(1, timeout=5)
+    deps = Deps.build(s, [], inference=TritonPool(s.models, names=[]), bus=bus)
+    async with AsyncExitStack() as stack:
+        assert STAGE.setup is not None
+        handle = await stack.enter_async_context(STAGE.setup(deps))
+        doc = decode((await kv.get(subjects.RATINGS_KEY)).value, Ratings)
+        assert doc.ratings == {"alpha": 1020.0, "beta": 980.0} and doc.battles == 2
+        assert [e[0] for e in doc.recent] == (["0" * 32, j.id] if pending else [])
+        await handle(j)  # its redelivery
+    doc = decode((await kv.get(subjects.RATINGS_KEY)).value, Ratings)
+    [sample] = read_samples(tmp_path)
+    if pending:  # recognised through the window: not applied again, rebuilt as applied
+        assert doc.battles == 2 and sample.ratings_before == {"alpha": 1010.0, "beta": 990.0}
+    else:  # nothing was pending: it had been acked, so this is a new battle (none is older)
+        assert doc.battles == 3 and sample.ratings_before == {"alpha": 1020.0, "beta": 980.0}
+    await nc.drain()

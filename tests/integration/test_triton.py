@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import tritonclient.grpc.aio as grpcclient
@@ -16,6 +17,7 @@ from warriorcoder.runtime import metrics
 from warriorcoder.runtime.settings import ConfigError, ModelSettings
 from warriorcoder.runtime.templates import ChatTemplate
 from warriorcoder.runtime.triton import (
+    BackendDown,
     InferenceError,
     InferenceTimeout,
     RetryableInferenceError,
@@ -98,9 +100,22 @@ async def test_unknown_model_is_not_retryable(triton_url):
 
 async def test_unreachable_server_is_retryable():
     url = f"127.0.0.1:{free_port()}"
-    async with pool_for(url, alpha={"triton_url": url}) as pool:
+    async with pool_for(url, alpha={"triton_url": url, "max_outage_s": 0}) as pool:
         with pytest.raises(RetryableInferenceError, match="UNAVAILABLE"):
             await pool.generate("alpha", "hello", SP, role="response")
+        assert (await pool.ready())["alpha"] is False
+
+
+async def test_an_unreachable_server_is_waited_for_up_to_max_outage_s():
+    url = f"127.0.0.1:{free_port()}"
+    limits = {"triton_url": url, "max_outage_s": 1.5, "probe_interval_s": 0.2}
+    async with pool_for(url, alpha=limits) as pool:
+        start = time.monotonic()
+        with pytest.raises(BackendDown, match="UNAVAILABLE") as info:
+            await pool.generate("alpha", "hello", SP, role="response")
+        assert 1.4 < time.monotonic() - start < 5
+        assert info.value.retryable and info.value.reason == "backend_down"
+        assert not pool.available("alpha")
         assert (await pool.ready())["alpha"] is False
 
 

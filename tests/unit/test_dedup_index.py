@@ -1,13 +1,14 @@
 """The challenger's de-dup index on the in-process KV: band collisions verified on the words,
-racing replicas, restarts, releases (exact key included, never someone else's) and the word
-cache."""
+racing replicas, restarts, releases (exact key included, never someone else's), the word
+cache, and the one-key-per-band membership under racing joins and leaves."""
 
 from __future__ import annotations
 
 import asyncio
 
 from warriorcoder.arena.near_dup import LshBands
-from warriorcoder.stages.challenger.filters import DedupIndex
+from warriorcoder.proto.state import BandMembers, decode_state
+from warriorcoder.stages.challenger.filters import DedupIndex, join_band, leave_band, read_band
 from warriorcoder.testing.fakes import FakeKV
 
 BANDS = LshBands(num_perm=128, threshold=0.5)
@@ -30,6 +31,16 @@ NEAR = [
 
 def ids(n: int) -> list[str]:
     return [f"{i:032x}" for i in range(1, n + 1)]
+
+
+async def band_members(kv: FakeKV) -> list[str]:
+    """Every (band, id) membership held in the bucket, as ``<band key>/<id>``."""
+    out = []
+    for key in kv.held_keys():
+        if key.startswith("lsh."):
+            band = decode_state((await kv.get(key)).value, BandMembers)
+            out += [f"{key}/{i}" for i in band.ids]
+    return out
 
 
 def test_the_fixtures_collide_in_a_band_without_being_near_duplicates():
@@ -61,7 +72,11 @@ async def test_racing_replicas_admit_one_near_duplicate_and_every_distinct_one()
     held = kv.held_keys()
     assert len([k for k in held if k.startswith("exact.")]) == 3
     assert len([k for k in held if k.startswith("words.")]) == 3
-    assert len([k for k in held if k.startswith("lsh.")]) == 3 * BANDS.bands
+    # (one key per band, shared by its members: count memberships, not keys)
+    members = await band_members(kv)
+    assert len(members) == 3 * BANDS.bands
+    admitted = {i for (claim, _), i in zip(results, ids(5), strict=True) if claim is not None}
+    assert {m.rsplit("/", 1)[1] for m in members} == admitted
 
 
 async def test_a_restarted_replica_sees_the_index_and_fetches_the_words_it_lacks():
@@ -107,12 +122,16 @@ async def test_an_uncommitted_member_is_ignored_and_a_failed_claim_leaves_nothin
     a, b = ids(2)
     # A replica died between its band keys and its words: its keys rank nothing.
     for band in BANDS.keys(NEAR[0]):
-        await kv.put(f"lsh.{band}.{a}", b"")
+        await join_band(kv, f"lsh.{band}", a)
     assert (await DedupIndex(kv, BANDS).claim(NEAR[1], b))[0] is not None
 
     class Broken(FakeKV):
-        async def revisions(self, patterns):
-            raise TimeoutError
+        """Band reads fail once the claim's words are written (NATS went away mid-claim)."""
+
+        async def get(self, key, revision=None):
+            if key.startswith("lsh.") and any(k.startswith("words.") for k in self.held_keys()):
+                raise TimeoutError
+            return await super().get(key, revision)
 
     broken = Broken()
     try:
@@ -120,7 +139,7 @@ async def test_an_uncommitted_member_is_ignored_and_a_failed_claim_leaves_nothin
     except TimeoutError:
         pass
     else:
-        raise AssertionError("the listing's error must reach the miner")
+        raise AssertionError("the band read's error must reach the miner")
     assert broken.held_keys() == []
 
 
@@ -134,14 +153,22 @@ async def test_the_word_cache_is_bounded():
     assert dedup.cache.get(ids(1)[0]) is None  # the least recently used went first
 
 
-async def test_fake_kv_lists_keys_by_subject_pattern():
-    kv = FakeKV()
-    await kv.put("lsh.00.ab.x1", b"")
-    r2 = await kv.put("lsh.00.ab.x2", b"")
-    await kv.put("lsh.00.abc.x3", b"")
-    await kv.put("lsh.01.ab.x4", b"")
-    await kv.delete("lsh.00.ab.x1")
-    assert await kv.revisions(["lsh.00.ab.*"]) == {"lsh.00.ab.x2": r2}
-    assert set(await kv.revisions(["lsh.00.>"])) == {"lsh.00.ab.x2", "lsh.00.abc.x3"}
-    assert set(await kv.revisions(["lsh.*.ab.*", "nothing.*"])) == {"lsh.00.ab.x2", "lsh.01.ab.x4"}
-    assert await kv.revisions(["lsh.00"]) == {}
+async def test_band_membership_survives_racing_joins_and_leaves():
+    # Every interleaving of the fake's yields: a leave that empties a band never deletes a
+    # member that joined meanwhile, and a band whose last member left is deleted.
+    for delay in range(6):
+        kv = FakeKV()
+        await join_band(kv, "lsh.00.ab", "a")
+
+        async def join_later(kv=kv, d=delay):
+            for _ in range(d):
+                await asyncio.sleep(0)
+            await join_band(kv, "lsh.00.ab", "b")
+
+        await asyncio.gather(leave_band(kv, "lsh.00.ab", "a"), join_later())
+        assert await read_band(kv, "lsh.00.ab") == ["b"], delay
+        await join_band(kv, "lsh.00.ab", "b")  # already a member: no write
+        assert await read_band(kv, "lsh.00.ab") == ["b"]
+        await leave_band(kv, "lsh.00.ab", "b")
+        assert kv.held_keys() == []
+        assert await read_band(kv, "lsh.00.ab") == []

@@ -12,6 +12,7 @@ from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings
 from warriorcoder.arena.quality import QUESTION_START_MARK, SCORE_REASK_NOTE
 from warriorcoder.proto import subjects
+from warriorcoder.proto.state import BandMembers, decode_state
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stores import Budget, RejectionStats
 from warriorcoder.runtime.triton import InferenceError
@@ -28,6 +29,16 @@ def miner(s, kvs=None, inference=None, seed=0):
     m = Miner(s, roster, inference, FakePublisher(), kvs)
     m.rng = random.Random(seed)
     return m, inference
+
+
+async def band_members(kv):
+    """Every (band, id) membership of the de-dup bucket, as ``<band key>/<id>``."""
+    out = []
+    for key in kv.held_keys():
+        if key.startswith("lsh."):
+            band = decode_state((await kv.get(key)).value, BandMembers)
+            out += [f"{key}/{i}" for i in band.ids]
+    return out
 
 
 async def test_one_mining_step_publishes_a_clean_scored_challenge():
@@ -57,9 +68,11 @@ async def test_a_vague_instruction_fails_the_quality_gate_and_frees_its_claim():
     published = m.publisher.messages(subjects.CHALLENGES)
     assert len(published) == results.count(True)
     assert all("something useful" not in c.instruction for c in published)
-    # rejected instructions hold no near-duplicate keys; admitted ones do
-    lsh = [k for k in m.dedup.kv.held_keys() if k.startswith("lsh.")]
+    # rejected instructions hold no near-duplicate keys; admitted ones do (one key per band,
+    # shared by its members: count memberships)
+    lsh = await band_members(m.dedup.kv)
     assert len(lsh) == len(published) * len(m.dedup.bands.keys(published[0].instruction))
+    assert {k.rsplit("/", 1)[1] for k in lsh} == {c.id for c in published}
 
 
 async def test_the_same_instruction_from_two_replicas_is_published_once():
@@ -78,11 +91,11 @@ async def test_a_spent_budget_publishes_nothing_more_and_releases_the_claim():
     budget = Budget(m.schedule)
     await budget.set(1)
     assert await m.mine_one()
-    lsh_before = [k for k in m.dedup.kv.held_keys() if k.startswith("lsh.")]
+    lsh_before = await band_members(m.dedup.kv)
     assert not await m.mine_one()  # mined, then found the budget spent
     assert await budget.remaining() == 0
     assert len(m.publisher.messages(subjects.CHALLENGES)) == 1
-    assert [k for k in m.dedup.kv.held_keys() if k.startswith("lsh.")] == lsh_before
+    assert await band_members(m.dedup.kv) == lsh_before
 
 
 class _Mumbler(ScriptedModel):

@@ -1,18 +1,28 @@
 """The judge's handler through the in-process fakes: uninvolved judges only, both orders,
-re-asks then an invalid vote, guided choice, and answers that try to steer the verdict."""
+re-asks then an invalid vote, guided choice, and answers that try to steer the verdict; a battle
+that breaks the arena's invariants is poison before any judge is asked, and every judgement the
+judge publishes passes the aggregator's check."""
 
 from __future__ import annotations
 
+import pytest
+from msgspec.structs import replace
+
 from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings, arena_tree, battle
+from warriorcoder.arena.instructions import normalise
+from warriorcoder.arena.invariants import check_judgement
 from warriorcoder.arena.prompts import REASK_NOTE
 from warriorcoder.arena.verdicts import VERDICT_CHOICES
+from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
+from warriorcoder.proto.messages import Battle, battle_id
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings, parse_settings
+from warriorcoder.runtime.stage import Deps
 from warriorcoder.stages.judge.service import STAGE, make_handler
-from warriorcoder.testing.fakes import FakeInference, FakePublisher
+from warriorcoder.testing.fakes import FakeBuckets, FakeInference, FakePublisher
 from warriorcoder.testing.scripted import load_models
 
 
@@ -85,3 +95,54 @@ async def test_alternate_mode_asks_one_order():
     assert vote.judge == "beta" and len(vote.orders) == 1 and vote.asked == 1
     assert j.position_mode == "alternate"
     assert len(inference.requests) == 1
+
+
+@pytest.mark.parametrize("mode", ["both", "alternate"])
+async def test_the_published_judgement_passes_the_aggregators_check(mode):
+    """What the judge produces is what the aggregator accepts: this arena's judges, each once,
+    with the orders of the mode and the winner of their verdicts (re-asked invalid votes too)."""
+    s = arena_settings(judges=["garbler", "slow"], judge={"position_mode": mode})
+    for attacker, defender in [("alpha", "beta"), ("gamma", "alpha"), ("beta", "gamma")]:
+        j, _ = await judged(s, battle(attacker=attacker, defender=defender))
+        check_judgement(j, s)
+        assert {v.judge for v in j.votes} == set(s.judges_for(attacker, defender))
+
+
+def _broken_battles() -> list[tuple[str, Battle]]:
+    b = battle(attacker="alpha", defender="beta")
+    mallory = replace(b.challenge, defender="mallory")
+    mallory = replace(mallory, id=battle_id("alpha", "mallory", normalise(mallory.instruction)))
+    return [
+        ("unknown_model", replace(b, id=mallory.id, challenge=mallory,
+                                  defender_answer=replace(b.defender_answer, model="mallory"))),
+        ("id_mismatch", replace(b, id="0" * 32)),
+        ("id_mismatch", replace(b, challenge=replace(b.challenge, instruction="Forged."))),
+        ("answer_mismatch", replace(b, defender_answer=replace(b.defender_answer, model="gamma"))),
+        ("answer_mismatch", replace(b, attacker_answer=b.defender_answer,
+                                    defender_answer=b.attacker_answer)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reason", "b"), _broken_battles())
+async def test_a_battle_breaking_the_arenas_invariants_is_poison(reason, b):
+    s = arena_settings()
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    roster = Roster.from_settings(s, STAGE.models(s))
+    with pytest.raises(PoisonError) as info:
+        await make_handler(s, roster, inference, publisher)(b)
+    assert info.value.reason == reason
+    assert inference.requests == [] and publisher.published == []
+
+
+async def test_the_stage_as_the_runner_builds_it_checks_what_it_consumes():
+    s = arena_settings()
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    deps = Deps(settings=s, roster=Roster.from_settings(s, STAGE.models(s)), inference=inference,
+                publisher=publisher, buckets=FakeBuckets(), bus=None)  # fmt: skip  # no bus
+    [(_, mallory), *_] = _broken_battles()
+    async with STAGE.setup(deps) as handle:
+        with pytest.raises(PoisonError, match="unknown_model"):
+            await handle(mallory)
+        await handle(battle(attacker="alpha", defender="beta"))
+    assert inference.requests and all(r.model == "gamma" for r in inference.requests)
+    assert len(publisher.messages(subjects.JUDGEMENTS)) == 1

@@ -64,7 +64,7 @@ def test_each_consumer_reads_a_work_queue_stream():
 def test_documents_of_the_buckets_are_the_state_structs():
     documents = [k.document for b in topology.BUCKETS for k in b.keys if k.document]
     assert set(documents) == {state.Ratings, state.Cursor, state.ChallengeBudget,
-                              state.RejectionCounts}  # fmt: skip
+                              state.RejectionCounts, state.BandMembers}  # fmt: skip
     for doc in documents:
         assert doc.__struct_config__.tag.startswith("warriorcoder.v1."), doc
         assert not doc.__struct_config__.forbid_unknown_fields, doc

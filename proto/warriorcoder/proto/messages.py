@@ -193,9 +193,13 @@ class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=
     error: str
     subject: str
     deliveries: int
-    payload: str  # the original bytes, decoded as UTF-8 with replacement
+    payload: str  # the original bytes (or a prefix: payload_truncated), UTF-8 with replacement
     message_id: str | None = None
     failed_at: Timestamp
+    # The original message's size and SHA-256 (hex), so a truncated payload can be matched.
+    payload_bytes: int | None = None
+    payload_sha256: str | None = None
+    payload_truncated: bool = False
 
 
 class AdmittedEmbedding(_Base, tag="warriorcoder.v1.embedding", frozen=True, kw_only=True):

@@ -30,6 +30,8 @@ from msgspec import Meta
 from warriorcoder.proto.messages import Sample, decode, encode
 
 __all__ = [
+    "AppliedBattle",
+    "BandMembers",
     "ChallengeBudget",
     "Cursor",
     "Ratings",
@@ -50,18 +52,34 @@ class _Document(
     """Base of every KV document: frozen, keyword-only, tagged by ``type``."""
 
 
-class Ratings(_Document, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
-    """The global Elo ratings, stored in a KV bucket and replaced with optimistic concurrency.
+class AppliedBattle(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The battle the aggregator applied last: its id, the attacker's and defender's ratings
+    before it, and its rating sequence (0: no valid vote, the ratings did not change)."""
 
-    ``recent`` holds the ids of the last battles applied, with the attacker's and defender's
-    ratings before each, so a redelivered judgement is recognised and its sample rebuilt exactly.
-    ``battles`` counts the battles that changed the ratings; the one that made it ``n`` has rating
-    sequence ``n``, kept in ``recent_seq`` (aligned with the end of ``recent``; 0 for a battle
-    without a valid vote), so the order in which votes were applied can be replayed exactly.
+    id: str
+    r_attacker: float
+    r_defender: float
+    seq: Annotated[int, Meta(ge=0)] = 0
+
+
+class Ratings(_Document, tag="warriorcoder.v1.ratings", frozen=True, kw_only=True):
+    """The global Elo ratings, stored in a KV bucket and replaced by compare-and-set.
+
+    One ordered writer changes it (the aggregators' consumer delivers one judgement at a time), so
+    at most one battle is ever applied but not yet acknowledged: ``last``, kept with the ratings
+    it was applied to, so its redelivery is recognised and its sample rebuilt exactly. ``battles``
+    counts the battles that changed the ratings; the one that made it ``n`` has rating sequence
+    ``n``, so the order in which votes were applied can be replayed exactly.
+
+    ``recent`` and ``recent_seq`` are what the previous version wrote instead of ``last`` (the
+    last battles applied, with their pre-battle ratings and sequences, aligned at the end): still
+    read, so a judgement pending when the aggregators were upgraded is recognised, never grown,
+    and dropped once no judgement is pending.
     """
 
     ratings: dict[str, float] = {}
     battles: Annotated[int, Meta(ge=0)] = 0
+    last: AppliedBattle | None = None
     recent: list[tuple[str, float, float]] = []
     recent_seq: list[int] = []
     updated_at: Timestamp = 0.0
@@ -85,7 +103,14 @@ class RejectionCounts(_Document, tag="warriorcoder.v1.rejection_counts", frozen=
     counts: dict[str, int] = {}
 
 
-State: TypeAlias = Ratings | Cursor | ChallengeBudget | RejectionCounts
+class BandMembers(_Document, tag="warriorcoder.v1.band_members", frozen=True, kw_only=True):
+    """The challenge ids of one MinHash-LSH band of the de-dup index, in the order they joined
+    (``lsh.<band key>``; changed by compare-and-set, deleted when its last member leaves)."""
+
+    ids: list[str] = []
+
+
+State: TypeAlias = Ratings | Cursor | ChallengeBudget | RejectionCounts | BandMembers
 
 # A JSONL shard line is one Sample exactly as on the bus, ``type`` tag included: the shards, the
 # samples stream and the ``battles`` export share one format, so a shard line is read with

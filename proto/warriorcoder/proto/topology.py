@@ -21,7 +21,13 @@ from typing import Literal
 import msgspec
 
 from warriorcoder.proto import subjects
-from warriorcoder.proto.state import ChallengeBudget, Cursor, Ratings, RejectionCounts
+from warriorcoder.proto.state import (
+    BandMembers,
+    ChallengeBudget,
+    Cursor,
+    Ratings,
+    RejectionCounts,
+)
 
 __all__ = [
     "BUCKETS",
@@ -158,9 +164,10 @@ BUCKETS: tuple[Bucket, ...] = (
                 "released with delete(last=revision))",
             ),
             Key(
-                "lsh.<band key>.<id>",
-                "empty: challenge <id> is a member of this MinHash-LSH band (written before "
-                "words.<id>)",
+                "lsh.<band key>",
+                "the ids of the challenges in this MinHash-LSH band (compare-and-set; an id is "
+                "added before its words.<id> is written; deleted when the band empties)",
+                BandMembers,
             ),
             Key(
                 "words.<id>",

@@ -33,53 +33,53 @@ Protocol in a NATS KV bucket (racing replicas, restarts)
 Keys of an admitted instruction ``<id>`` (the challenge id, hex)::
 
     exact.<sha256 of the normalised text>   value <id>      (created atomically, as today)
-    lsh.<band key>.<id>                     empty value     (one per band: a band holds many ids)
+    lsh.<band key>                          BandMembers: the ids in this band (one key per band,
+                                            shared by its members; compare-and-set)
     words.<id>                              encode_words(word_hashes(text))
 
-Admission of ``<id>``:
+Admission of ``<id>`` (``stages.challenger.filters.DedupIndex``):
 
-1. ``create`` the exact key; if it exists and names another id: exact duplicate (if it names
-   ``<id>`` itself, this is a redelivery: carry on, every step below is idempotent).
-2. ``put`` every ``lsh.<band key>.<id>`` (concurrently: one round trip).
-3. ``put`` ``words.<id>`` LAST. Its revision (the stream sequence, unique and increasing in the
-   bucket) is the instruction's *rank*; this key is the commit point.
-4. List each band's members (``kv.keys(filters=["lsh.<band key>.*", ...])``, all 25 filters in one
-   consumer), drop ``<id>`` itself, and ``get`` ``words.<member>`` of the rest (concurrently).
+1. ``create`` the exact key; if it exists: exact duplicate.
+2. Add ``<id>`` to each of its 25 ``lsh.<band key>`` (compare-and-set, concurrently; already a
+   member: no write).
+3. ``put`` ``words.<id>`` only once every addition is acknowledged. Its revision (the stream
+   sequence, unique and increasing in the bucket) is the instruction's *rank*; this key is the
+   commit point.
+4. ``get`` the 25 band keys (concurrently), drop ``<id>`` itself from their members, and ``get``
+   ``words.<member>`` of the rest (concurrently; a replica caches them, they never change).
 5. ``decide(own_words, own_rank, candidates)``: a candidate rejects the newcomer iff its words are
    present, its rank is LOWER than the newcomer's, and the Jaccard similarity is >= the threshold.
    A candidate without words has not committed: its rank will be higher than ours, and it will
    see us (below). A candidate with a higher rank is later than us: it defers to us.
-6. Rejected: delete own ``lsh.*``, ``words.<id>`` and the exact key (all of them, so a withdrawn
-   instruction blocks nothing). Admitted: keep them.
+6. Rejected: delete ``words.<id>``, remove ``<id>`` from its bands (compare-and-set; a band left
+   empty is deleted) and delete the exact key, so a withdrawn instruction blocks nothing.
+   Admitted: keep them.
+
+Every step is a fixed number of single-key operations (25 compare-and-sets, one put, 25 gets, the
+candidates' words): no listing of the bucket, so an admission costs the same at 100k admitted
+instructions as at 1k, apart from the candidates themselves.
 
 Why two racing near-duplicates A and B are never both admitted: say A's ``words`` write got the
-lower revision (revisions are totally ordered). A wrote its band keys before its ``words``, and B
-lists the bands after writing its own ``words``, later than A's in the stream; so B's listing
-includes A in every band they share and B's ``get`` finds ``words.A``. The similarity is symmetric
-and deterministic, so B computes the same Jaccard >= threshold with the lower-ranked A and
-withdraws. A never rejects itself because of B (B ranks higher). If A withdraws (it lost to an
-earlier C) and its keys are gone before B looks, B is judged against C directly and still sees C
-if it is C's near-duplicate; if B looks before A's keys are gone, B is rejected because of A: a
-rare extra rejection in a race, never an extra admission. The atomic ``create`` of the exact key
-keeps its guarantee for identical texts, unchanged.
+lower revision (revisions are totally ordered). A's band additions were acknowledged before its
+``words`` write, and B reads its bands after its own ``words`` write, later than A's in the
+stream; a compare-and-set never drops a member it did not mean to (each write is computed from
+the latest value, or fails and is retried), so B's read of every band they share lists A, and B's
+``get`` finds ``words.A``. The similarity is symmetric and deterministic, so B computes the same
+Jaccard >= threshold with the lower-ranked A and withdraws. A never rejects itself because of B
+(B ranks higher). If A withdraws (it lost to an earlier C) and its words are gone before B looks,
+B is judged against C directly and still sees C if it is C's near-duplicate; if B looks before
+A's words are gone, B is rejected because of A: a rare extra rejection in a race, never an extra
+admission. The atomic ``create`` of the exact key keeps its guarantee for identical texts.
 
 Why a restart keeps the index: everything is in the bucket (file storage, replicated on a cluster);
 the decision reads only keys, values and revisions, which survive restarts. A replica that dies
-between steps 2 and 3 leaves band keys without words, ignored by everyone (uncommitted) and
-rewritten when the message is redelivered under the same id; one that dies after step 3 is ranked
-and, on redelivery, finds its own ``words.<id>`` (it reuses that revision as its rank) and decides
-again.
+between steps 2 and 3 leaves its id in bands without words, ignored by everyone (uncommitted).
 
 Releasing (issue 9 item 6): an instruction admitted here but dropped later (quality gate, budget
-exhausted, scorer failure) or whose publish fails must delete its exact key, its band keys and its
-words, or it blocks its text and its near-duplicates forever. Delete the exact key only if it
-still names ``<id>`` (``kv.delete(key, last=revision)``), so a release never frees another claim.
-
-Round trips per admission: create exact, the band puts, the words put, the band listing (an
-ordered consumer: create, deliver, delete) and one concurrent batch of gets. The candidates grow
-with the index (~0.46% of distinct pairs share a band: ~460 per admission at 100k in the
-benchmark), so the gets dominate at scale; a ``words.<id>`` value never changes once written, so a
-replica can cache them (or mirror ``words.>`` with a watch, ~200 bytes each) and fetch only misses.
+exhausted, scorer failure) or whose publish fails must delete its words, leave its bands and
+delete its exact key, or it blocks its text and its near-duplicates forever. Delete the exact key
+only if it still names ``<id>`` (``kv.delete(key, last=revision)``), so a release never frees
+another claim.
 """
 
 from __future__ import annotations

@@ -15,23 +15,35 @@ Backends, by ``mode``:
   Triton from their ``local.path`` (a directory or hub id); others use their ``triton_url`` as is.
 
 Supervision: every child is an asyncio subprocess (``warriorcoder.launcher.children``), and one
-``asyncio.TaskGroup`` owns a watcher per child and the budget keeper. A service that exits is
-restarted with back-off (``RestartPolicy``) and the event logged to ``logs/supervisor.log``; a
-crash loop, or nats-server or Triton exiting, stops the arena with ``SupervisorError``. Leaving
-the context cancels and awaits every task, then stops the services (upstream first), Triton and
-nats-server, each with SIGTERM, then SIGKILL.
+``asyncio.TaskGroup`` owns a watcher per child and the budget keeper. Any child that exits, or
+fails to start again, is restarted with back-off (``RestartPolicy``): the services, and
+nats-server and Triton too, on the ports and the store they had, so the services reconnect by
+themselves. Whatever the dead child started (its process group: Triton's ``tritonserver``) is
+killed first. No child ends the run by dying: past ``max_restarts`` in a minute it is in a crash
+loop, restarted every ``loop_cap_s`` at most, and the supervisor says so (an event in
+``logs/supervisor.log`` and the display, ``crash_looping()`` in the status). Leaving the context
+cancels and awaits every task, then stops the services (upstream first), Triton and nats-server,
+each with SIGTERM, then SIGKILL (their process groups included).
+
+The data directory is locked for the run (``warriorcoder.launcher.lock``: a second arena on it
+raises ``DataDirLocked``), and the children's process groups are recorded in
+``children.json``: a run that starts after one killed with SIGKILL stops whatever of it survived
+before it starts anything (``warriorcoder.launcher.groups``).
 
 The JetStream store, logs, the resolved config and the samples all live in ``data_dir``; a second
 run on the same directory resumes: unfinished work waits in the streams, and the arena-wide
 challenge budget is set to what is still missing (target - samples on disk - work in flight), so
 the run ends at exactly ``battles`` samples, with nothing lost and nothing written twice.
+``settle()`` waits for the samples stream to hold exactly what is on disk before a run is
+reported done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal
@@ -53,9 +65,17 @@ from warriorcoder.launcher.config import (
     serve_locally,
     write_settings,
 )
-from warriorcoder.launcher.policy import CrashLoop, RestartPolicy, budget_for, top_up
-from warriorcoder.launcher.processes import HF_SERVER, SCRIPTED_SERVER, http_ok
-from warriorcoder.launcher.status import StatusReader, count_samples
+from warriorcoder.launcher.groups import ChildPids
+from warriorcoder.launcher.lock import DataDirLock, DataDirLocked
+from warriorcoder.launcher.policy import RestartPolicy, budget_for, settled, top_up
+from warriorcoder.launcher.processes import (
+    HF_SERVER,
+    SCRIPTED_SERVER,
+    TritonPorts,
+    free_port,
+    http_ok,
+)
+from warriorcoder.launcher.status import NATS_DOWN, StatusReader, count_samples
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.testing.scripted import SCRIPTED_MODELS, load_models
 
@@ -64,6 +84,7 @@ __all__ = [
     "SCRIPTED_MODELS",
     "SCRIPTED_NOTE",
     "SERVICES",
+    "DataDirLocked",
     "LocalArena",
     "Mode",
     "SupervisorError",
@@ -80,13 +101,16 @@ Mode = Literal["scripted", "demo", "config"]
 
 
 class SupervisorError(ArenaError, RuntimeError):
-    """The arena cannot go on: nats-server or Triton exited, or a service keeps crashing."""
+    """The arena cannot go on (its children are restarted, whatever they do: this is for what a
+    restart cannot mend)."""
 
     reason = "supervisor"
 
 
 class LocalArena:
     """Start everything on entry, supervise it while entered, stop it in reverse on exit."""
+
+    stale_grace_s = 10.0  # SIGTERM to SIGKILL, for children an earlier run left running
 
     def __init__(
         self,
@@ -96,6 +120,7 @@ class LocalArena:
         settings: ArenaSettings | None = None,
         battles: int | None = None,
         max_restarts: int = 5,
+        loop_cap_s: float = 60.0,
         poll_s: float = 0.5,
         service_ready_s: float = 180.0,
     ) -> None:
@@ -106,6 +131,7 @@ class LocalArena:
         self.settings = settings
         self.battles = battles
         self.max_restarts = max_restarts
+        self.loop_cap_s = loop_cap_s
         self.poll_s = poll_s
         self.service_ready_s = service_ready_s
         self.procs: dict[str, Child] = {}
@@ -115,11 +141,15 @@ class LocalArena:
         self.logs = self.data_dir / "logs"
         self.samples_dir = self.data_dir / "samples"
         self._restarts: dict[str, RestartPolicy] = {}
+        self._starters: dict[str, Callable[[], Awaitable[Child]]] = {}
+        self._lock = DataDirLock(self.data_dir)
+        self._pids = ChildPids(self.data_dir / "children.json")
         self._stack = AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._state: StatusReader | None = None
         self._stopping = False
+        self.run_settings: ArenaSettings | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -145,13 +175,28 @@ class LocalArena:
             raise RuntimeError("the arena is not running")
         return self._state
 
-    async def _start(self) -> None:
+    async def _prepare(self) -> None:
+        """Lock the data directory, stop what an earlier run left running, open the task group."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()  # raises DataDirLocked: nothing started, nothing to undo
+        self._stack.callback(self._lock.release)  # the last thing undone
         self.logs.mkdir(parents=True, exist_ok=True)
+        for stale in await asyncio.to_thread(self._pids.reap_stale, self.stale_grace_s):
+            self._event(f"stopped {stale}, left running by an earlier run on this directory")
+        self._stack.callback(self._pids.clear)  # runs once every child is stopped
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-        await self._own(start_nats_child(self.data_dir / "nats", log_path=self._log("nats-server")))
+
+    async def _start(self) -> None:
+        await self._prepare()
+        port, store = free_port(), self.data_dir / "nats"
+        await self._own(
+            "nats-server",
+            lambda: start_nats_child(store, log_path=self._log("nats-server"), port=port),
+        )
         settings = for_run(
             await self._backends(), nats_url=self.nats_url, samples_dir=self.samples_dir
         )
+        self.run_settings = settings
         await asyncio.to_thread(write_settings, self.config_path, settings)
         self._state = await self._stack.enter_async_context(
             StatusReader(self.nats_url, self.samples_dir)
@@ -162,9 +207,7 @@ class LocalArena:
             self._event(f"challenge budget set to {budget}")
             self._spawn_task(self._keep_budget(self.battles), "budget")
         for service in SERVICES:
-            await self._own(
-                start_service_child(service, self.config_path, log_path=self._log(service))
-            )
+            await self._own(service, self._service_starter(service))
         await self._services_healthy()
 
     async def _close(self) -> None:
@@ -189,14 +232,19 @@ class LocalArena:
         assert self._tg is not None
         self._tasks.append(self._tg.create_task(coro, name=name))
 
-    async def _own(self, starting: Awaitable[Child]) -> Child:
-        """Keep a started child: stopped on exit (looked up by name: restarts replace it) and
-        watched meanwhile."""
-        child = await starting
-        self.procs[child.name] = child
-        self._stack.push_async_callback(self._stop_child, child.name)
-        self._spawn_task(self._watch(child.name), f"watch-{child.name}")
+    async def _own(self, name: str, start: Callable[[], Awaitable[Child]]) -> Child:
+        """Start a child with ``start`` and keep it: restarted with ``start`` whenever it exits,
+        stopped on exit (looked up by name: restarts replace it)."""
+        child = await start()
+        self._starters[name] = start
+        self._started(child)
+        self._stack.push_async_callback(self._stop_child, name)
+        self._spawn_task(self._watch(name), f"watch-{name}")
         return child
+
+    def _started(self, child: Child) -> None:
+        self.procs[child.name] = child
+        self._pids.record(child.name, child.pid)
 
     async def _stop_child(self, name: str) -> None:
         await self.procs[name].stop()
@@ -204,11 +252,14 @@ class LocalArena:
     async def _backends(self) -> ArenaSettings:
         if self.mode == "scripted":
             names = [m.name for m in load_models(SCRIPTED_MODELS)]
+            ports = TritonPorts.free()  # a restarted Triton takes the same ones
             triton = await self._own(
-                start_triton_child(
-                    SCRIPTED_SERVER, SCRIPTED_MODELS, names, log_path=self._log("triton")
-                )
-            )
+                "tritonserver",
+                lambda: start_triton_child(
+                    SCRIPTED_SERVER, SCRIPTED_MODELS, names, log_path=self._log("triton"),
+                    ports=ports,
+                ),
+            )  # fmt: skip
             grpc = f"127.0.0.1:{triton.ports['grpc']}"
             return scripted_arena_settings(names, triton_grpc=grpc, data_dir=self.data_dir)
         if self.mode == "demo":
@@ -229,8 +280,10 @@ class LocalArena:
             return settings
         models_file = self.data_dir / "local-models.yaml"
         models_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        ports = TritonPorts.free()
         triton = await self._own(
-            start_triton_child(
+            "hf-tritonserver",
+            lambda: start_triton_child(
                 HF_SERVER,
                 models_file,
                 [e["name"] for e in spec["models"]],
@@ -238,14 +291,16 @@ class LocalArena:
                 extra_args=["--threads", str(threads)],
                 log_path=self._log("triton"),
                 ready_s=300,
-            )
+                ports=ports,
+            ),
         )
         return await asyncio.to_thread(serve_locally, settings, f"127.0.0.1:{triton.ports['grpc']}")
 
-    async def _start_service(self, service: str) -> None:
-        """(Re)start a service; its watcher and stop callback follow it by name."""
-        child = await start_service_child(service, self.config_path, log_path=self._log(service))
-        self.procs[service] = child
+    def _service_starter(self, service: str) -> Callable[[], Awaitable[Child]]:
+        def start() -> Awaitable[Child]:
+            return start_service_child(service, self.config_path, log_path=self._log(service))
+
+        return start
 
     async def _services_healthy(self) -> None:
         """Wait until every service answers ``/healthz`` (whichever process of it is current: a
@@ -271,27 +326,47 @@ class LocalArena:
         with (self.logs / "supervisor.log").open("a") as f:
             f.write(stamped + "\n")
 
+    def _policy(self, name: str) -> RestartPolicy:
+        return self._restarts.setdefault(
+            name, RestartPolicy(max_restarts=self.max_restarts, loop_cap_s=self.loop_cap_s)
+        )
+
     async def _watch(self, name: str) -> None:
-        """Restart a service whenever it exits (with back-off); anything else exiting, or a
-        crash loop, ends the arena."""
+        """Restart the child whenever it exits, with back-off, for as long as the arena runs."""
         while True:
             child = self.procs[name]
             code = await child.proc.wait()
             if self._stopping:
                 return
-            if name not in SERVICES:
-                raise SupervisorError(f"{name} exited ({code}):\n{child.log_tail()}")
-            policy = self._restarts.setdefault(name, RestartPolicy(max_restarts=self.max_restarts))
-            try:
+            await child.kill_rest()  # e.g. Triton's tritonserver, holding the ports
+            what = f"exited with code {code}"
+            while True:  # until a start succeeds: a failed start is one more crash
+                policy = self._policy(name)
                 delay = policy.next_delay(time.monotonic())
-            except CrashLoop as exc:
-                raise SupervisorError(
-                    f"{name} keeps crashing ({exc}):\n{child.log_tail()}"
-                ) from None
-            after = f" in {delay:g}s" if delay else ""
-            self._event(f"{name} exited with code {code}; restarting it{after}")
-            await asyncio.sleep(delay)
-            await self._start_service(name)
+                after = f" in {delay:g}s" if delay else ""
+                if policy.crash_looping(time.monotonic()):
+                    self._event(
+                        f"CRASH LOOP: {name} {what} ({policy.recent()} restarts in "
+                        f"{policy.window_s:g}s); restarting it{after}, and again until it stays up"
+                    )
+                else:
+                    self._event(f"{name} {what}; restarting it{after}")
+                await asyncio.sleep(delay)
+                try:
+                    self._started(await self._starters[name]())
+                    break
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    what = f"failed to start ({first})"
+
+    def crash_looping(self) -> list[str]:
+        """The children in a crash loop now (restarted past the limit, not stable since)."""
+        now = time.monotonic()
+        return sorted(n for n, p in self._restarts.items() if p.crash_looping(now))
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts so far, per child that had any."""
+        return {n: p.restarts for n, p in sorted(self._restarts.items())}
 
     async def _keep_budget(self, target: int) -> None:
         """Top the challenge budget up when the pipeline went idle short of the target (seen on
@@ -299,11 +374,14 @@ class LocalArena:
         short_before = 0
         while True:
             await asyncio.sleep(self.poll_s)
-            budget, pending = await self.state.budget(), await self.state.pending()
-            short = top_up(target, await self.samples(), budget, pending)
-            if short and short == short_before:
-                self._event(f"pipeline idle {short} samples short: mining {short} more")
-                await self.state.set_budget(short)
+            try:
+                budget, pending = await self.state.budget(), await self.state.pending()
+                short = top_up(target, await self.samples(), budget, pending)
+                if short and short == short_before:
+                    self._event(f"pipeline idle {short} samples short: mining {short} more")
+                    await self.state.set_budget(short)
+                    short = 0
+            except NATS_DOWN:  # nats-server restarting: its watcher brings it back
                 short = 0
             short_before = short
 
@@ -321,4 +399,27 @@ class LocalArena:
         while True:  # the aggregator's shards are files: polled, nothing to be woken by
             if (count := await self.samples()) >= n:
                 return count
+            await asyncio.sleep(poll_s)
+
+    def settle_s(self) -> float:
+        """How long settling may take: an unacked judgement comes back after ``ack_wait``."""
+        ack_wait = self.run_settings.nats.ack_wait_s if self.run_settings is not None else 30.0
+        return ack_wait + 30.0
+
+    async def settle(
+        self, *, timeout_s: float | None = None, poll_s: float = 0.2
+    ) -> tuple[int, int, int]:
+        """Wait until no battle is in flight and the samples stream holds exactly the samples on
+        disk (an aggregator killed between its shard write and its publish left its judgement
+        unacked); returns the last ``(disk, streamed, pending)``, settled or not after
+        ``timeout_s`` (default ``settle_s()``)."""
+        deadline = time.monotonic() + (self.settle_s() if timeout_s is None else timeout_s)
+        seen = (-1, -1, -1)
+        while True:
+            with contextlib.suppress(*NATS_DOWN):
+                seen = await self.state.settlement()
+                if settled(*seen):
+                    return seen
+            if time.monotonic() > deadline:
+                return seen
             await asyncio.sleep(poll_s)

@@ -14,8 +14,13 @@ a service, its ``/healthz`` (served once it is connected to NATS and Triton). A 
 while it is awaited fails the start-up with the tail of its log.
 
 Every child runs in its own session (Ctrl-C in a terminal reaches only the supervisor), writes
-to its log file, and dies with the supervisor: ``stop()`` sends SIGTERM, then SIGKILL; if the
-supervisor itself is killed, the kernel sends the child SIGTERM (Linux ``PR_SET_PDEATHSIG``).
+to its log file, and dies with the supervisor: ``stop()`` sends SIGTERM, then SIGKILL, then
+SIGKILL to whatever is left of its process group (``warriorcoder.launcher.groups``: Triton's own
+``tritonserver``). If the supervisor itself is killed, the kernel signals the child (Linux
+``PR_SET_PDEATHSIG``): SIGTERM for nats-server and Triton (which then stops its
+``tritonserver``, tied by PyTriton to its parent's life too), SIGKILL for a service, whose
+graceful drain needs the dying nats-server. A restarted nats-server or Triton takes the ports of
+the one it replaces (``port=``, ``ports=``), so connected services find it again by themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from warriorcoder.launcher.groups import kill_group
 from warriorcoder.launcher.processes import (
     NATS_READY_LINE,
     ProcessInfo,
@@ -55,15 +61,15 @@ __all__ = [
 _POLL_S = 0.05
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when the supervisor dies."""
+def _die_with_parent(parent: int, sig: int) -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to send the child ``sig`` when the supervisor dies."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
 
     def hook() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, sig)
         if os.getppid() != parent:  # the supervisor died before prctl took effect
             os._exit(1)
 
@@ -84,7 +90,8 @@ class Child(ProcessInfo):
         return self.proc.returncode is None
 
     async def stop(self, grace_s: float = 30.0) -> int:
-        """SIGTERM, wait up to ``grace_s``, then SIGKILL; returns the exit code. Idempotent."""
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL, then SIGKILL to what is left of its
+        process group; returns the exit code. Idempotent."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
@@ -94,7 +101,14 @@ class Child(ProcessInfo):
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        await self.kill_rest()
+        return code
+
+    async def kill_rest(self) -> None:
+        """SIGKILL whatever the child started that outlived it (its process group), and wait
+        until it is gone: a restart on the same ports needs them free."""
+        await kill_group(self.pid)
 
     async def wait_until(self, ready: Callable[[], bool]) -> None:
         """Poll ``ready`` (a quick blocking probe, run in a thread) while the child lives."""
@@ -105,9 +119,15 @@ class Child(ProcessInfo):
 
 
 async def spawn(
-    name: str, argv: list[str], log_path: Path, *, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    death_signal: int = signal.SIGTERM,
 ) -> Child:
-    """Start ``argv`` in its own session with stdout and stderr appended to ``log_path``."""
+    """Start ``argv`` in its own session with stdout and stderr appended to ``log_path``; it gets
+    ``death_signal`` when the supervisor dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -117,7 +137,7 @@ async def spawn(
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=_die_with_parent(os.getpid(), death_signal),
         )
     return Child(name=name, log_path=log_path, proc=proc)
 
@@ -174,9 +194,11 @@ async def start_triton_child(
     name: str = "tritonserver",
     extra_args: list[str] | None = None,
     ready_s: float = 180.0,
+    ports: TritonPorts | None = None,
 ) -> Child:
-    """A local Triton (PyTriton) on free ports, ready once every model of ``model_names`` is."""
-    ports = TritonPorts.free()
+    """A local Triton (PyTriton) on ``ports`` (default: free ones), ready once every model of
+    ``model_names`` is."""
+    ports = ports or TritonPorts.free()
     argv = triton_argv(module, models_file, ports, extra_args)
     child = await spawn(name, argv, log_path, env=triton_env())
     child.ports.update(ports.as_dict())
@@ -192,6 +214,9 @@ async def start_service_child(service: str, config_path: Path, *, log_path: Path
     """``warriorcoder serve SERVICE`` on a free port; returns at once (it answers ``/healthz``
     once it is connected to NATS and Triton)."""
     port = free_port()
-    child = await spawn(service, service_argv(service, config_path, port), log_path)
+    # SIGKILL, not SIGTERM, when the supervisor dies: a service drains through NATS, and its
+    # nats-server is going down too, so the drain may never end; what it held is redelivered.
+    argv = service_argv(service, config_path, port)
+    child = await spawn(service, argv, log_path, death_signal=signal.SIGKILL)
     child.ports["http"] = port
     return child

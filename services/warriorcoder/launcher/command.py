@@ -7,10 +7,12 @@ Usage::
     warriorcoder up --scripted --battles 20             # scripted test models (fastest)
 
 Starts nats-server, the model backends and the four services as supervised processes on one
-event loop (a crashed service is restarted with back-off and the event logged), shows progress,
-backlogs, rejections and the leaderboard in the terminal and on a local web page, and stops
-cleanly once the data directory holds N samples or on Ctrl-C (in-flight work is drained or left in
-the streams). Run again on the same data directory, it resumes.
+event loop (any child that exits, nats-server and Triton included, is restarted with back-off and
+the event logged; one that keeps dying is reported as a crash loop, never the end of the run),
+shows progress, backlogs, rejections and the leaderboard in the terminal and on a local web page,
+and stops cleanly once the data directory holds N samples and the samples stream holds the same N
+(or on Ctrl-C: in-flight work is drained or left in the streams). Run again on the same data
+directory, it resumes; while one runs, another on the same directory is refused (exit code 2).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
@@ -89,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 async def _up(
     args: argparse.Namespace, mode: Mode, settings: ArenaSettings | None, data_dir: Path
 ) -> int:
-    from warriorcoder.launcher.arena import LocalArena, SupervisorError
+    from warriorcoder.launcher.arena import DataDirLocked, LocalArena, SupervisorError
 
     arena = LocalArena(data_dir, mode=mode, settings=settings, battles=args.battles)
     stop = asyncio.Event()
@@ -124,6 +127,9 @@ async def _up(
             print("interrupted during start-up: stopped", file=sys.stderr)
             return 130
         raise
+    except DataDirLocked as exc:
+        print(f"warriorcoder up: {exc}", file=sys.stderr)
+        return 2
     except SupervisorError as exc:
         print(f"warriorcoder up: {exc}", file=sys.stderr)
         return 1
@@ -157,9 +163,10 @@ async def _run(
         )
         with Display(enabled=sys.stdout.isatty() and not args.plain) as display:
             while not stop.is_set():
-                snapshot = await _snapshot(args, arena)
+                snapshot = await _snapshot(args, arena, snapshot)
                 display.update(snapshot)
                 if args.battles is not None and snapshot.samples >= args.battles:
+                    code = await _settle(arena)
                     break
                 if args.timeout and time.monotonic() - start > args.timeout:
                     print(f"warriorcoder up: timed out after {args.timeout:g}s", file=sys.stderr)
@@ -167,16 +174,46 @@ async def _run(
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)  # cancels its waiter on time-out
-            snapshot = await _snapshot(args, arena, final=True)
+            snapshot = await _snapshot(args, arena, snapshot, final=True)
     return snapshot, code
 
 
+async def _settle(arena: LocalArena) -> int:
+    """Before reporting done: wait until the samples stream holds what the disk holds and
+    nothing is in flight; 0 once they agree, else 1 (said loudly)."""
+    from warriorcoder.launcher.policy import settled
+
+    disk, streamed, pending = await arena.settle(timeout_s=0)
+    if settled(disk, streamed, pending):
+        return 0
+    print(
+        f"settling: {disk} samples on disk, {streamed} in the samples stream, {pending} in "
+        f"flight; waiting up to {arena.settle_s():g}s",
+        flush=True,
+    )
+    disk, streamed, pending = await arena.settle()
+    if settled(disk, streamed, pending):
+        return 0
+    print(
+        f"warriorcoder up: NOT SETTLED: {disk} samples on disk but {streamed} in the samples "
+        f"stream and {pending} battles in flight after {arena.settle_s():g}s",
+        file=sys.stderr,
+    )
+    return 1
+
+
 async def _snapshot(
-    args: argparse.Namespace, arena: LocalArena, *, final: bool = False
+    args: argparse.Namespace, arena: LocalArena, previous: Snapshot, *, final: bool = False
 ) -> Snapshot:
-    snapshot = await arena.state.snapshot(final=final)
+    from warriorcoder.launcher.status import NATS_DOWN
+
+    try:
+        snapshot = await arena.state.snapshot(final=final)
+    except NATS_DOWN:  # the supervisor restarts it: show the last known state meanwhile
+        snapshot = dataclasses.replace(previous, samples=await arena.samples())
     snapshot.target, snapshot.demo_note = args.battles, arena.note
     snapshot.events = list(arena.events)
+    snapshot.restarts, snapshot.crash_looping = arena.restarts(), arena.crash_looping()
     return snapshot
 
 

@@ -125,7 +125,7 @@ def demo_arena_settings(models: dict[str, Path]) -> ArenaSettings:
             near_dup=NearDupSettings(enabled=False),
             quality=QualitySettings(threshold=1),
         ),
-        nats=NatsSettings(ack_wait_s=120, retry_delay_s=0.5),
+        nats=NatsSettings(ack_wait_s=30, retry_delay_s=0.5),
         service=ServiceSettings(log_format="json", drain_timeout_s=20),
     )
 

@@ -20,17 +20,29 @@ from rich.text import Text
 
 from warriorcoder.launcher.status import Snapshot
 
-__all__ = ["Display", "render"]
+__all__ = ["Display", "crash_loop_line", "render"]
 
 
 def _num(x: float | None, fmt: str = ".0f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def crash_loop_line(s: Snapshot) -> str:
+    """The warning for children in a crash loop ("" when none is)."""
+    if not s.crash_looping:
+        return ""
+    return (
+        f"CRASH LOOP: {', '.join(s.crash_looping)} keep dying; restarted with back-off (up to a "
+        "minute), see logs/supervisor.log and the child's own log"
+    )
+
+
 def render(s: Snapshot) -> Group:
     parts: list[object] = []
     if s.demo_note:
         parts.append(Text(s.demo_note, style="bold yellow"))
+    if warning := crash_loop_line(s):
+        parts.append(Text(warning, style="bold red"))
     head = Table.grid(padding=(0, 2))
     head.add_column()
     head.add_column()
@@ -93,6 +105,7 @@ class Display:
         self._live: Live | None = None
         self._last = -1
         self._events = 0
+        self._looping: list[str] = []
 
     def __enter__(self) -> Display:
         if self.enabled:
@@ -116,6 +129,9 @@ class Display:
         for event in s.events[self._events :]:
             print(f"  event: {event}", flush=True)
         self._events = len(s.events)
+        if s.crash_looping != self._looping:
+            self._looping = list(s.crash_looping)
+            print(f"  {crash_loop_line(s) or 'crash loop over: every child stays up'}", flush=True)
         if s.samples != self._last:
             self._last = s.samples
             top = s.leaderboard[0].model if s.leaderboard else "-"

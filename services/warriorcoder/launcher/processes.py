@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from warriorcoder.launcher.groups import group_members, signal_group
 from warriorcoder.testing.scripted_server import triton_env
 
 __all__ = [
@@ -106,7 +107,8 @@ class ManagedProcess(ProcessInfo):
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait, then SIGKILL; then SIGKILL to what is left of its process group (a
+        Triton's ``tritonserver``), so its ports are free when this returns; the exit code."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
@@ -116,6 +118,10 @@ class ManagedProcess(ProcessInfo):
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 self.proc.wait()
+        deadline = time.monotonic() + 10
+        while group_members(self.proc.pid) and time.monotonic() < deadline:
+            signal_group(self.proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
         return self.proc.returncode
 
 
@@ -264,10 +270,12 @@ def start_local_triton(
     extra_args: list[str] | None = None,
     log_path: Path | None = None,
     timeout: float = 180.0,
+    ports: TritonPorts | None = None,
 ) -> ManagedProcess:
     """A real Triton Inference Server (PyTriton) run by ``python -m MODULE --models FILE`` on
-    free ports; returns once every model of ``model_names`` is ready."""
-    ports = TritonPorts.free()
+    ``ports`` (default: free ones; a restart passes the ports of the one it replaces); returns
+    once every model of ``model_names`` is ready."""
+    ports = ports or TritonPorts.free()
     argv = triton_argv(module, models_file, ports, extra_args)
     proc = spawn_process(name, argv, log_path, env=triton_env())
     proc.ports.update(ports.as_dict())
@@ -286,10 +294,12 @@ def start_scripted_triton(
     *,
     log_path: Path | None = None,
     timeout: float = 180.0,
+    ports: TritonPorts | None = None,
 ) -> ManagedProcess:
-    """A real Triton Inference Server (PyTriton) serving the scripted test models."""
+    """A real Triton Inference Server (PyTriton) serving the scripted test models (on ``ports``:
+    ``TritonPorts(**old.ports)`` restarts one where a stopped one was)."""
     return start_local_triton(
-        SCRIPTED_SERVER, models_file, model_names, log_path=log_path, timeout=timeout
+        SCRIPTED_SERVER, models_file, model_names, log_path=log_path, timeout=timeout, ports=ports
     )
 
 

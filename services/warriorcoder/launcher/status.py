@@ -5,6 +5,11 @@ Usage::
     async with StatusReader(nats_url, samples_dir) as reader:
         await reader.set_budget(40 - await reader.samples() - await reader.pending())
         snap = await reader.snapshot()
+        disk, streamed, pending = await reader.settlement()
+
+The reader connects again whenever it finds its connection lost (nats-server restarted by the
+supervisor); while the server is down its calls raise ``NATS_DOWN`` errors, which the callers
+ride out.
 
 Backlogs come from the work streams (work-queue streams hold exactly the messages not yet acked),
 the budget from the schedule bucket, ratings and rejection counts from their KV buckets, samples
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
@@ -35,7 +41,7 @@ from warriorcoder.runtime.settings import NatsSettings
 from warriorcoder.runtime.shards import SHARD_GLOB, read_samples
 from warriorcoder.runtime.stores import Budget, RejectionStats
 
-__all__ = ["STAGES", "Snapshot", "StatusReader", "count_samples"]
+__all__ = ["NATS_DOWN", "STAGES", "Snapshot", "StatusReader", "count_samples"]
 
 # stage -> the work stream it consumes
 STAGES = {
@@ -44,6 +50,8 @@ STAGES = {
     "aggregator": subjects.STREAM_JUDGEMENTS,
 }
 _MISSING = (BucketNotFoundError, NotFoundError, KeyNotFoundError)
+# What a call raises while nats-server is down or restarting (JetStream not ready yet included).
+NATS_DOWN: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
 
 
 def count_samples(samples_dir: Path) -> int:
@@ -69,6 +77,9 @@ class Snapshot:
     leaderboard: list[Row] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     demo_note: str = ""
+    restarts: dict[str, int] = field(default_factory=dict)
+    crash_looping: list[str] = field(default_factory=list)
+    streamed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +104,9 @@ class Snapshot:
             ],
             "events": self.events[-10:],
             "note": self.demo_note,
+            "restarts": self.restarts,
+            "crash_looping": self.crash_looping,
+            "streamed": self.streamed,
         }
 
 
@@ -112,20 +126,35 @@ class StatusReader:
         self._board: list[Row] = []
         self._board_at = 0.0
         self._board_samples = -1
+        self._entered = False
 
     async def __aenter__(self) -> StatusReader:
-        self._nc = await connect(self.cfg, name="warriorcoder-up", persistent=False)
-        self._conn = Bus(self._nc, self.cfg, stage="up")
+        self._entered = True
+        await self._connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._entered = False
         if self._nc is not None:
-            await self._nc.close()
+            with contextlib.suppress(*NATS_DOWN):
+                await self._nc.close()
 
-    @property
-    def _bus(self) -> Bus:
-        if self._conn is None:
+    async def _connect(self) -> Bus:
+        """A fresh connection (``persistent=False``: fails fast while the server is down)."""
+        if self._nc is not None:
+            with contextlib.suppress(*NATS_DOWN):
+                await self._nc.close()
+        self._nc = self._conn = None
+        self._nc = await connect(self.cfg, name="warriorcoder-up", persistent=False)
+        self._conn = Bus(self._nc, self.cfg, stage="up")
+        return self._conn
+
+    async def _bus(self) -> Bus:
+        """The connection, made again if the server went away since (a restart)."""
+        if not self._entered:
             raise RuntimeError("StatusReader is not entered")
+        if self._conn is None or self._nc is None or not self._nc.is_connected:
+            return await self._connect()
         return self._conn
 
     # -- the pieces -----------------------------------------------------------------------------
@@ -135,10 +164,11 @@ class StatusReader:
 
     async def backlog(self) -> dict[str, int]:
         """Messages waiting per consuming stage (0 for a stream not created yet)."""
+        bus = await self._bus()
         counts = {}
         for stage, stream in STAGES.items():
             try:
-                counts[stage] = await self._bus.backlog(stream)
+                counts[stage] = await bus.stored(stream)  # in flight too: not done yet
             except NotFoundError:
                 counts[stage] = 0
         return counts
@@ -147,37 +177,53 @@ class StatusReader:
         """Battles in the pipeline: each becomes one sample."""
         return sum((await self.backlog()).values())
 
+    async def streamed(self) -> int:
+        """Samples in the samples stream (0 before the aggregator created it)."""
+        with contextlib.suppress(NotFoundError):
+            return await (await self._bus()).backlog(subjects.STREAM_SAMPLES)
+        return 0
+
+    async def settlement(self) -> tuple[int, int, int]:
+        """``(samples on disk, samples in the stream, battles in flight)``: a run is done when
+        they read ``(N, N, 0)`` (``warriorcoder.launcher.policy.settled``)."""
+        pending = await self.pending()
+        streamed = await self.streamed()
+        return await self.samples(), streamed, pending
+
     async def budget(self) -> int | None:
         """Challenges still to mine (None: no limit, or no budget set yet)."""
+        bus = await self._bus()
         try:
-            return await Budget(await self._bus.js.key_value(subjects.KV_SCHEDULE)).remaining()
+            return await Budget(await bus.js.key_value(subjects.KV_SCHEDULE)).remaining()
         except _MISSING:
             return None
 
     async def set_budget(self, n: int) -> None:
         """Set the arena-wide challenge budget (creating its bucket on a fresh arena)."""
-        await Budget(await self._bus.kv(subjects.KV_SCHEDULE)).set(n)
+        await Budget(await (await self._bus()).kv(subjects.KV_SCHEDULE)).set(n)
 
     async def add_budget(self, n: int) -> None:
-        await Budget(await self._bus.kv(subjects.KV_SCHEDULE)).add(n)
+        await Budget(await (await self._bus()).kv(subjects.KV_SCHEDULE)).add(n)
 
     async def dead_letters(self) -> int:
         with contextlib.suppress(NotFoundError):
-            return await self._bus.backlog(subjects.STREAM_DLQ)
+            return await (await self._bus()).backlog(subjects.STREAM_DLQ)
         return 0
 
     async def ratings(self) -> tuple[dict[str, float], int]:
         """Elo ratings by model and the battles rated."""
+        bus = await self._bus()
         try:
-            kv = await self._bus.js.key_value(subjects.KV_RATINGS)
+            kv = await bus.js.key_value(subjects.KV_RATINGS)
             doc = decode((await kv.get(subjects.RATINGS_KEY)).value or b"", Ratings)
         except _MISSING:
             return {}, 0
         return dict(doc.ratings), doc.battles
 
     async def rejections(self) -> dict[str, int]:
+        bus = await self._bus()
         try:
-            return await RejectionStats.read(await self._bus.js.key_value(subjects.KV_STATS))
+            return await RejectionStats.read(await bus.js.key_value(subjects.KV_STATS))
         except (BucketNotFoundError, NotFoundError):
             return {}
 

@@ -11,6 +11,8 @@ Usage::
         stop=stop, max_in_flight=32, drain_timeout_s=20,
     )
     ratings = await bus.kv(subjects.KV_RATINGS)     # a declared bucket, created on first use
+    waiting = await bus.backlog(subjects.STREAM_CHALLENGES)   # not yet delivered to the responders
+    held = await bus.stored(subjects.STREAM_CHALLENGES)       # waiting + delivered, unacked
 
 Delivery is at least once with explicit acks. A handler's outcome maps to JetStream: return → ack;
 a retryable ``ArenaError`` (or any unforeseen exception) → nak with back-off, until ``max_deliver``
@@ -20,11 +22,24 @@ message → dead letter at once, with its reason. While a handler runs, the mess
 ``in_progress()`` heartbeats so a long LLM call is not redelivered. Every task the bus starts
 (handlers, heartbeats, the stop waiter, the lag watcher) is cancelled and awaited before
 ``consume`` returns.
+
+The boundary always settles a message: a dead letter keeps at most ``dead_letter_payload_bytes``
+of the payload (with the original's size and SHA-256) and always fits the server's
+``max_payload``; if it cannot be published even so, the message is terminated anyway, counted
+(``warriorcoder_dead_letter_failures_total``) and logged with its size and hash.
+
+JetStream being briefly unavailable (a leader election in a cluster, a restarting server: 503,
+no responders, timeouts) is never fatal: publishing, fetching, acking, stream and consumer info,
+KV calls and the start-up topology are retried with back-off for ``unavailable_retry_s``, then
+raise ``NatsUnavailableError`` (retryable: the boundary naks the message); the fetch loop itself
+waits out any outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import ssl
 import time
@@ -37,10 +52,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
-from warriorcoder.errors import ArenaError, PoisonError
+from warriorcoder.errors import ArenaError, PoisonError, RetryableError
 from warriorcoder.proto import subjects, topology
 from warriorcoder.proto.messages import DeadLetter, encode
 from warriorcoder.proto.topology import Stream
@@ -49,14 +71,78 @@ from warriorcoder.runtime.settings import NatsSettings
 
 __all__ = [
     "Bus",
+    "NatsUnavailableError",
+    "RetryingKeyValue",
     "connect",
     "ensure_stream",
+    "retrying",
     "stream_config",
     "stream_configs",
+    "unavailable",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# JetStream API errors that pass once the cluster has settled: 10005 no suitable peers (a node
+# of a replicated stream is down), 10008 the cluster is unavailable, 10009 not the leader (yet),
+# 10118 the stream is offline (being moved or recovered).
+_TRANSIENT_ERR_CODES = frozenset({10005, 10008, 10009, 10118})
+# Room for the dead letter's headers and protocol line within the server's max_payload.
+_HEADER_ROOM = 4096
+# The consumer that takes each work stream's messages: its not-yet-delivered count is the backlog.
+_CONSUMER_OF = {c.stream: c.durable for c in topology.CONSUMERS}
+
+
+class NatsUnavailableError(RetryableError):
+    """JetStream stayed unavailable for longer than ``nats.unavailable_retry_s``."""
+
+    reason = "nats_unavailable"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """JetStream cannot answer now but may soon: a leader election, a restarting server."""
+    if isinstance(
+        exc,
+        (
+            TimeoutError,  # nats.errors.TimeoutError and fetch timeouts are TimeoutErrors too
+            ServiceUnavailableError,
+            NoStreamResponseError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.StaleConnectionError,
+            nats.errors.OutboundBufferLimitError,
+        ),
+    ):
+        return True
+    # getattr: some subclasses (KeyNotFoundError, ...) never set the API fields.
+    return isinstance(exc, APIError) and (
+        getattr(exc, "code", None) == 503 or getattr(exc, "err_code", None) in _TRANSIENT_ERR_CODES
+    )
+
+
+async def retrying(op: str, call: Callable[[], Awaitable[T]], *, budget_s: float) -> T:
+    """``await call()``, again with back-off (0.1 s doubling to 2 s) while JetStream is
+    ``unavailable``, for up to ``budget_s``; then ``NatsUnavailableError``. Other errors pass.
+
+    Only for idempotent calls: a retried publish carries its ``Nats-Msg-Id``, and a KV write
+    whose first try landed but whose reply was lost fails its retry with a wrong-last-sequence
+    error, which compare-and-set answers by reading the key again.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise NatsUnavailableError(f"{op}: JetStream unavailable: {exc!r}") from exc
+            metrics.NATS_RETRIES.labels(op=op).inc()
+            log.warning("jetstream unavailable, retrying", extra={"op": op, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def connect(
@@ -172,12 +258,20 @@ class Bus:
 
     async def ensure_topology(self) -> None:
         """Create or update every stream of the topology (but the optional ones, which the
-        feature that uses them creates); safe to run from many replicas at once."""
+        feature that uses them creates); safe to run from many replicas at once, and retried
+        while JetStream is unavailable (a service starting during a leader election)."""
         for sc in stream_configs(self.cfg):
-            await ensure_stream(self.js, sc)
+            await self._retrying("ensure_stream", functools.partial(ensure_stream, self.js, sc))
 
-    async def ensure_consumer(self, stream: str, durable: str) -> None:
-        """A durable pull consumer with explicit acks, shared by all replicas of a stage."""
+    async def _retrying(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(op, call, budget_s=self.cfg.unavailable_retry_s)
+
+    async def ensure_consumer(
+        self, stream: str, durable: str, *, max_ack_pending: int | None = None
+    ) -> None:
+        """A durable pull consumer with explicit acks, shared by all replicas of a stage.
+        ``max_ack_pending``: messages delivered and not yet settled, across all replicas (1: an
+        ordered writer, each message delivered once every earlier one is settled)."""
         cc = js_api.ConsumerConfig(
             durable_name=durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -185,16 +279,25 @@ class Bus:
             # Unlimited here: the error boundary dead-letters at max_deliver itself, so no message
             # is ever left undelivered and unrecorded in the work stream.
             max_deliver=-1,
-            max_ack_pending=10_000,
+            max_ack_pending=10_000 if max_ack_pending is None else max_ack_pending,
         )
         # Creating an existing durable with changed editable fields (ack_wait, ...) updates it.
         await self.js.add_consumer(stream, cc)
 
-    async def kv(self, bucket: str, *, history: int | None = None) -> KeyValue:
+    async def kv(self, bucket: str, *, history: int | None = None) -> RetryingKeyValue:
         """Open a declared KV bucket, creating it as declared if missing (idempotent across
         replicas; KeyError for a bucket the topology does not declare). ``history`` overrides
-        the declared history of a bucket created here."""
+        the declared history of a bucket created here. Its calls are retried while JetStream
+        is unavailable."""
         declared = topology.bucket(bucket)
+        return RetryingKeyValue(
+            await self._retrying(
+                "kv_open", lambda: self._open_kv(bucket, declared.history, history)
+            ),
+            budget_s=self.cfg.unavailable_retry_s,
+        )
+
+    async def _open_kv(self, bucket: str, declared: int, history: int | None) -> KeyValue:
         try:
             return await self.js.key_value(bucket)
         except (BucketNotFoundError, NotFoundError):
@@ -203,7 +306,7 @@ class Bus:
             return await self.js.create_key_value(
                 js_api.KeyValueConfig(
                     bucket=bucket,
-                    history=declared.history if history is None else history,
+                    history=declared if history is None else history,
                     storage=js_api.StorageType.FILE,
                     replicas=self.cfg.stream_replicas,
                 )
@@ -212,38 +315,99 @@ class Bus:
             return await self.js.key_value(bucket)  # another replica created it first
 
     async def backlog(self, stream: str) -> int:
-        """Messages waiting in a work stream (work-queue streams delete on ack)."""
-        info = await self.js.stream_info(stream)
+        """Work waiting for a stage: the messages of a work stream not yet delivered to its
+        consumer. Messages delivered and not yet acked are left out: those in flight, and those
+        a killed replica held until ``ack_wait`` gives them back, so a dead consumer does not
+        stall whoever paces itself on the backlog (the challenger). A stream whose consumer does
+        not exist yet, or that has none (the dead letters), counts every message (``stored``)."""
+        durable = _CONSUMER_OF.get(stream)
+        if durable is not None:
+            try:
+                info = await self._retrying(
+                    "consumer_info", lambda: self.js.consumer_info(stream, durable)
+                )
+            except NotFoundError:
+                pass  # no consumer yet (or no stream: stored raises it)
+            else:
+                return int(info.num_pending or 0)
+        return await self.stored(stream)
+
+    async def stored(self, stream: str) -> int:
+        """Messages a stream holds; in a work stream (deleted on ack) the work not yet done:
+        waiting, in flight and held by a dead consumer."""
+        info = await self._retrying("stream_info", lambda: self.js.stream_info(stream))
         return int(info.state.messages)
 
     # -- publishing -----------------------------------------------------------------------------
 
     async def publish(self, subject: str, msg: msgspec.Struct, *, msg_id: str) -> None:
-        """Publish with ``Nats-Msg-Id`` so a retried publish is stored once."""
-        await self.js.publish(subject, encode(msg), headers={"Nats-Msg-Id": msg_id})
+        """Publish with ``Nats-Msg-Id`` so a retried publish is stored once (it is retried while
+        JetStream is unavailable, then ``NatsUnavailableError``)."""
+        data, headers = encode(msg), {"Nats-Msg-Id": msg_id}
+        await self._retrying("publish", lambda: self.js.publish(subject, data, headers=headers))
         metrics.PUBLISHED.labels(subject=subject).inc()
 
     async def dead_letter(self, msg: Msg, reason: str, error: str) -> None:
-        deliveries = _deliveries(msg)
-        letter = DeadLetter(
-            stage=self.stage,
-            reason=reason,
-            error=error[:4000],
-            subject=msg.subject,
-            deliveries=deliveries,
-            payload=msg.data.decode("utf-8", errors="replace"),
-            message_id=(msg.headers or {}).get("Nats-Msg-Id"),
-            failed_at=time.time(),
-        )
+        """Publish ``msg``'s dead letter: at most ``dead_letter_payload_bytes`` of its payload
+        (less when needed to fit the server's ``max_payload``), with its size and SHA-256."""
+        data = msg.data or b""
+        limit = max(self.nc.max_payload - _HEADER_ROOM, 1024)
+        keep = min(len(data), self.cfg.dead_letter_payload_bytes)
+        while True:
+            letter = DeadLetter(
+                stage=self.stage,
+                reason=reason,
+                error=error[:4000],
+                subject=msg.subject,
+                deliveries=_deliveries(msg),
+                payload=data[:keep].decode("utf-8", errors="replace"),
+                message_id=(msg.headers or {}).get("Nats-Msg-Id"),
+                failed_at=time.time(),
+                payload_bytes=len(data),
+                payload_sha256=hashlib.sha256(data).hexdigest(),
+                payload_truncated=keep < len(data),
+            )
+            body = encode(letter)
+            if len(body) <= limit or keep == 0:
+                break
+            # JSON escapes and replacement characters can grow a byte up to six: shrink the prefix.
+            keep //= 2
         meta_seq = _stream_seq(msg)
         dedup = f"{self.stage}-{meta_seq}" if meta_seq is not None else None
         headers = {"Nats-Msg-Id": dedup} if dedup else None
-        await self.js.publish(subjects.dlq(self.stage), encode(letter), headers=headers)
+        await self._retrying(
+            "dead_letter",
+            lambda: self.js.publish(subjects.dlq(self.stage), body, headers=headers),
+        )
         metrics.DEAD_LETTERS.labels(stage=self.stage, reason=reason).inc()
         log.error(
             "dead-lettered message",
             extra={"stage": self.stage, "reason": reason, "error": error[:500]},
         )
+
+    async def _dead_letter_and_term(self, msg: Msg, reason: str, error: str) -> None:
+        """Settle ``msg`` for good: dead-letter it, and terminate it even when that fails (a
+        message redelivered forever would wedge the stage), counting and logging the loss."""
+        try:
+            await self.dead_letter(msg, reason, error)
+        except Exception as exc:
+            data = msg.data or b""
+            metrics.DEAD_LETTER_FAILURES.labels(stage=self.stage).inc()
+            log.error(
+                "dead letter failed: terminating the message anyway",
+                extra={
+                    "stage": self.stage,
+                    "reason": reason,
+                    "error": error[:500],
+                    "dead_letter_error": repr(exc),
+                    "subject": msg.subject,
+                    "stream_seq": _stream_seq(msg),
+                    "payload_bytes": len(data),
+                    "payload_sha256": hashlib.sha256(data).hexdigest(),
+                },
+            )
+        await msg.term()
+        metrics.MESSAGES.labels(stage=self.stage, outcome="dead_letter").inc()
 
     # -- consuming ------------------------------------------------------------------------------
 
@@ -257,19 +421,28 @@ class Bus:
         stop: asyncio.Event,
         max_in_flight: int,
         drain_timeout_s: float,
+        max_ack_pending: int | None = None,
     ) -> None:
         """Fetch and handle messages until ``stop`` is set, then finish in-flight work.
 
-        Handlers run concurrently, at most ``max_in_flight`` at once. On stop, fetching ends at
-        once; handlers still running after ``drain_timeout_s`` are cancelled and their messages
-        nak'ed so another replica takes them over without waiting for ``ack_wait``.
+        Handlers run concurrently, at most ``max_in_flight`` at once (and at most
+        ``max_ack_pending``, the consumer's limit across all replicas, when given). On stop,
+        fetching ends at once; handlers still running after ``drain_timeout_s`` are cancelled and
+        their messages nak'ed so another replica takes them over without waiting for ``ack_wait``.
         """
-        await self.ensure_consumer(stream, durable)
+        if max_ack_pending is not None:
+            max_in_flight = min(max_in_flight, max_ack_pending)
+        await self._retrying(
+            "ensure_consumer",
+            lambda: self.ensure_consumer(stream, durable, max_ack_pending=max_ack_pending),
+        )
         sub = await self.js.pull_subscribe_bind(durable, stream)
         decoder = msgspec.json.Decoder(type_)
         tasks: set[asyncio.Task[None]] = set()
         stopping = asyncio.create_task(stop.wait())
         lag = asyncio.create_task(self._watch_lag(sub, stream))
+        failing_since: float | None = None  # when the current run of fetch failures began
+        failures = 0
         try:
             while not stop.is_set():
                 if len(tasks) >= max_in_flight:
@@ -278,9 +451,32 @@ class Bus:
                 try:
                     msgs = await sub.fetch(max_in_flight - len(tasks), timeout=1.0)
                 except TimeoutError:
-                    continue
+                    continue  # nothing to fetch (or NATS reconnecting): ask again
                 except nats.errors.ConnectionClosedError:
                     break
+                except Exception as exc:
+                    # JetStream unavailable (a leader election, a restart) is waited out however
+                    # long it lasts; any other failure (the consumer lost) for unavailable_retry_s
+                    # of failures in a row, re-creating the consumer between tries.
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if not unavailable(exc) and now - failing_since > self.cfg.unavailable_retry_s:
+                        raise
+                    failures += 1
+                    metrics.NATS_RETRIES.labels(op="fetch").inc()
+                    log.warning(
+                        "fetch failed: retrying", extra={"stage": self.stage, "error": repr(exc)}
+                    )
+                    await asyncio.wait({stopping}, timeout=min(0.1 * 2**failures, 2.0))
+                    if not unavailable(exc):
+                        try:
+                            await self.ensure_consumer(
+                                stream, durable, max_ack_pending=max_ack_pending
+                            )
+                        except Exception as again:  # the next fetch tells whether it is back
+                            log.debug("re-creating the consumer failed: %r", again)
+                    continue
+                failing_since, failures = None, 0
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg, decoder, handler))
                     tasks.add(task)
@@ -336,9 +532,7 @@ class Bus:
             if exc.retryable:
                 await self._retry_or_dead_letter(msg, exc)
                 return
-            await self.dead_letter(msg, exc.reason, str(exc))
-            await msg.term()
-            metrics.MESSAGES.labels(stage=stage, outcome="dead_letter").inc()
+            await self._dead_letter_and_term(msg, exc.reason, str(exc))
         except asyncio.CancelledError:
             # Shutdown: give the message back now instead of after ack_wait.
             try:
@@ -350,7 +544,7 @@ class Bus:
         except Exception as exc:
             await self._retry_or_dead_letter(msg, exc)
         else:
-            await msg.ack_sync()
+            await self._retrying("ack", msg.ack_sync)
             metrics.MESSAGES.labels(stage=stage, outcome="ack").inc()
         finally:
             await _cancel_and_wait(heartbeat)
@@ -364,9 +558,7 @@ class Bus:
         if not retryable:
             log.exception("handler failed", exc_info=exc, extra={"stage": self.stage})
         if deliveries >= self.cfg.max_deliver:
-            await self.dead_letter(msg, reason, f"{type(exc).__name__}: {exc}")
-            await msg.term()
-            metrics.MESSAGES.labels(stage=self.stage, outcome="dead_letter").inc()
+            await self._dead_letter_and_term(msg, reason, f"{type(exc).__name__}: {exc}")
             return
         delay = min(self.cfg.retry_delay_s * 2 ** (deliveries - 1), 300.0)
         log.warning(
@@ -412,3 +604,41 @@ def _stream_seq(msg: Msg) -> int | None:
         return int(msg.metadata.sequence.stream)
     except Exception:
         return None
+
+
+class RetryingKeyValue:
+    """A KV bucket (nats.py's ``KeyValue``) whose calls are retried while JetStream is
+    unavailable; a ``KeyValueStore``. Anything else is the bucket's own (``watch``, ...)."""
+
+    def __init__(self, kv: KeyValue, *, budget_s: float) -> None:
+        self.inner = kv
+        self.budget_s = budget_s
+
+    async def get(self, key: str, revision: int | None = None) -> KeyValue.Entry:
+        return await retrying(
+            "kv_get", lambda: self.inner.get(key, revision), budget_s=self.budget_s
+        )
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await retrying("kv_put", lambda: self.inner.put(key, value), budget_s=self.budget_s)
+
+    async def create(self, key: str, value: bytes) -> int:
+        return await retrying(
+            "kv_create", lambda: self.inner.create(key, value), budget_s=self.budget_s
+        )
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        return await retrying(
+            "kv_update", lambda: self.inner.update(key, value, last), budget_s=self.budget_s
+        )
+
+    async def delete(self, key: str, last: int | None = None) -> bool:
+        return await retrying(
+            "kv_delete", lambda: self.inner.delete(key, last), budget_s=self.budget_s
+        )
+
+    async def status(self) -> KeyValue.BucketStatus:
+        return await retrying("kv_status", self.inner.status, budget_s=self.budget_s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -35,6 +35,16 @@ DEAD_LETTERS = Counter(
     "Messages sent to the dead-letter stream",
     ["stage", "reason"],
 )
+DEAD_LETTER_FAILURES = Counter(
+    "warriorcoder_dead_letter_failures_total",
+    "Messages terminated although their dead letter could not be published (logged instead)",
+    ["stage"],
+)
+NATS_RETRIES = Counter(
+    "warriorcoder_nats_retries_total",
+    "JetStream calls retried while JetStream was unavailable (leader election, restart)",
+    ["op"],
+)
 PUBLISHED = Counter("warriorcoder_published_total", "Messages published, by subject", ["subject"])
 
 INFERENCE_SECONDS = Histogram(

@@ -51,9 +51,16 @@ class Inference(Protocol):
 
     ``generate`` raises ``InferenceError`` (an ``ArenaError``) or its retryable kind; with
     ``choices`` the backend returns exactly one of them (guided decoding). ``role`` labels metrics.
+    While a model is down (its circuit open) its calls wait instead of failing, up to the model's
+    ``max_outage_s``; ``available(model)`` is False meanwhile and ``wait_available(model)``
+    returns once it is back, so a producer can hold off instead of backing off blindly.
     """
 
     def guided(self, model: str) -> bool: ...
+
+    def available(self, model: str) -> bool: ...
+
+    async def wait_available(self, model: str) -> None: ...
 
     async def generate(
         self,

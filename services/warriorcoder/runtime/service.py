@@ -2,7 +2,8 @@
 
 Usage (the entry point is the only caller)::
 
-    exit_code = serve(STAGES["judge"].load(), settings)
+    from warriorcoder.stages import load
+    exit_code = serve(load("judge"), settings)
 
 Resources are entered into one ``AsyncExitStack`` in dependency order (NATS, JetStream topology,
 Triton clients, HTTP endpoints, the stage's own ``setup``) and closed in reverse. SIGTERM or SIGINT
@@ -81,6 +82,7 @@ async def run_service(
                 stop=stop,
                 max_in_flight=svc.max_in_flight,
                 drain_timeout_s=svc.drain_timeout_s,
+                max_ack_pending=c.max_ack_pending,
             )
         log.info("service stopping: draining")
 
@@ -99,14 +101,36 @@ async def _drain(nc: NATS, timeout_s: float) -> None:
 
 
 def serve(stage: Stage[Any], settings: ArenaSettings, *, http_port: int | None = None) -> int:
-    """Process entry: install signal handlers, run until SIGTERM/SIGINT, return an exit code."""
+    """Process entry: install signal handlers, run until SIGTERM/SIGINT, return an exit code.
+
+    Shutdown is bounded: once stopped, the service gets ``drain_timeout_s`` plus a few seconds to
+    drain (longer when NATS or a backend is down and calls are still retrying), then whatever is
+    left is cancelled, so a stopped service always exits within the pod's grace period.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_service(stage, settings, stop, http_port=http_port)
+        service = asyncio.create_task(run_service(stage, settings, stop, http_port=http_port))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({service, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not service.done():
+                grace = settings.service.drain_timeout_s + _SHUTDOWN_SLACK_S
+                done, _ = await asyncio.wait({service}, timeout=grace)
+                if not done:
+                    log.warning("shutdown exceeded %.0fs: cancelling what is left", grace)
+                    service.cancel()
+        finally:
+            stopped.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
+        try:
+            await service
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
 
     try:
         asyncio.run(main())
@@ -114,3 +138,7 @@ def serve(stage: Stage[Any], settings: ArenaSettings, *, http_port: int | None =
         log.exception("service failed")
         return 1
     return 0
+
+
+# Beyond the drain itself: closing the Triton channels and the HTTP endpoints.
+_SHUTDOWN_SLACK_S = 5.0

@@ -99,12 +99,22 @@ class NatsSettings(_Config, frozen=True, kw_only=True):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
-    ack_wait_s: PositiveFloat = 120.0
+    # Redelivery timeout: how long the messages of a killed replica wait before another one gets
+    # them. A running handler's heartbeats (every ack_wait_s / 3) extend it, so a long LLM call
+    # is never redelivered while it runs; only a dead consumer's messages wait it out.
+    ack_wait_s: PositiveFloat = 30.0
     max_deliver: PositiveInt = 5  # deliveries before a message is dead-lettered
     retry_delay_s: Annotated[float, Meta(ge=0)] = 2.0  # base of the nak back-off
     duplicate_window_s: PositiveFloat = 1200.0
     samples_max_age_s: Annotated[float, Meta(ge=0)] = 0.0  # 0: keep forever
     connect_timeout_s: PositiveFloat = 5.0
+    # How long a JetStream call (publish, fetch, ack, KV, stream info, start-up topology) is
+    # retried with back-off while JetStream answers "unavailable" (503, no responders, timeouts:
+    # a leader election in a cluster, a restarting server) before the error is raised.
+    unavailable_retry_s: PositiveFloat = 60.0
+    # A dead letter keeps at most this prefix of the failed message (plus its size and SHA-256),
+    # and always less than the server's max_payload, so every message can be dead-lettered.
+    dead_letter_payload_bytes: Annotated[int, Meta(ge=0)] = 64 * 1024
 
 
 class ChatTemplateSettings(_Config, frozen=True, kw_only=True):
@@ -154,6 +164,12 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # none to add). vLLM tokenizes prompts with special tokens, so the template's own leading BOS
     # is then left out of every prompt sent (warriorcoder.runtime.roster); false keeps it.
     tokenizer_adds_bos: bool = True
+    # An outage (backend unreachable, or the model not ready: unloading, reloading, stopping)
+    # holds calls instead of failing them: they wait while one prober asks the model's readiness
+    # every `probe_interval_s`, and resume as soon as it is ready, for at most `max_outage_s`
+    # after the outage began (then they fail, retryable, as before). 0 turns the waiting off.
+    max_outage_s: Annotated[float, Meta(ge=0)] = 900.0
+    probe_interval_s: PositiveFloat = 1.0
 
     @property
     def is_local(self) -> bool:
@@ -304,7 +320,9 @@ class ScoringSettings(_Config, frozen=True, kw_only=True):
     base: Annotated[float, Meta(gt=1)] = 10.0
     alpha: Annotated[float, Meta(ge=0, le=1)] = 0.7
     initial_rating: float = 1000.0
-    idempotency_window: Annotated[int, Meta(ge=16)] = 1024  # battles remembered in the ratings
+    # Deprecated, ignored: the aggregators are one ordered writer and recognise a redelivery
+    # without a window of remembered battles. Still accepted so older config files load.
+    idempotency_window: int | None = None
 
 
 class ServiceSettings(_Config, frozen=True, kw_only=True):

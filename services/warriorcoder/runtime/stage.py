@@ -93,6 +93,9 @@ class Consumes(Generic[T]):
     stream: str
     durable: str
     type: type[T]
+    # Messages delivered and not yet settled across all replicas (None: the bus's default);
+    # 1 makes the stage one ordered writer.
+    max_ack_pending: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,16 @@ gRPC stream and reads responses until the final one.
 Errors are typed: ``RetryableInferenceError`` (unavailable, overloaded, timed out) and
 ``InferenceError`` (bad request, unknown model) — in-band errors and gRPC transport errors alike.
 ``classify_in_band`` reads the real backend's texts (see its table in tests/unit/test_vllm.py).
+
+Outages pause instead of failing: each model has a ``Circuit`` (``warriorcoder.runtime.circuit``).
+A retryable failure while the model is not ready (Triton unreachable, stopping, or reloading the
+model: "unknown model ... has no available versions"), or "unknown model" from a model that
+served before, opens it; calls then wait (a consumer's message stays held: the bus sends
+``in_progress`` heartbeats meanwhile) while one prober asks ``is_model_ready`` every
+``probe_interval_s``, and all resume once it answers ready. A call waits at most ``max_outage_s``
+after the outage it met began, then raises ``BackendDown`` (retryable), as a failure did before.
+A failure while the model is ready is raised at once, as before. ``available(model)`` and
+``wait_available(model)`` let a producer (the challenger) hold off while a model is down.
 """
 
 from __future__ import annotations
@@ -38,9 +48,11 @@ from tritonclient.utils import InferenceServerException
 from warriorcoder.errors import ArenaError, RetryableError
 from warriorcoder.proto.messages import SamplingParams
 from warriorcoder.runtime import metrics, vllm
+from warriorcoder.runtime.circuit import Circuit
 from warriorcoder.runtime.settings import ConfigError, ModelSettings
 
 __all__ = [
+    "BackendDown",
     "Generation",
     "InferenceError",
     "InferenceTimeout",
@@ -70,6 +82,12 @@ class InferenceTimeout(RetryableInferenceError):
     """No final response in time (our deadline or gRPC's)."""
 
 
+class BackendDown(RetryableInferenceError):
+    """The model stayed down (unreachable or not ready) for longer than its ``max_outage_s``."""
+
+    reason = "backend_down"
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     """One completion: its text (prompt excluded), latency and, when the backend says, why it
@@ -96,8 +114,17 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.UNKNOWN,
 }
 # In-band texts that ask for a retry win over everything else ("Unexpected error ..., please
-# retry" must stay retryable whatever words it holds).
-_RETRY_IN_BAND = re.compile(r"\bretry\b|\btry again\b|\btemporar", re.IGNORECASE)
+# retry" must stay retryable whatever words it holds). Triton core answers "Request for unknown
+# model: 'm' has no available versions" while the model unloads or reloads and while the server
+# stops (its models unloading): an outage, not a wrong request.
+_RETRY_IN_BAND = re.compile(
+    r"\bretry\b|\btry again\b|\btemporar|\bhas no available versions\b", re.IGNORECASE
+)
+# Triton core's text for a model it does not serve ("... is not found"); from a model that served
+# before it means the server restarted and has not loaded it yet.
+_UNKNOWN_MODEL = re.compile(r"\bunknown model\b", re.IGNORECASE)
+# A readiness probe's own limit: a hung server counts as down instead of stalling the prober.
+_PROBE_TIMEOUT_S = 5.0
 # In-band texts that say the request itself is wrong, matched as whole words. Anything else is
 # taken as transient (engine restarting, out of KV-cache, ...), which bounded redelivery then turns
 # into a dead letter. The real backend's texts (triton-inference-server/vllm_backend r25.01-r25.11,
@@ -203,7 +230,8 @@ def _is_final(result: Any) -> bool:
 
 
 class _Backend:
-    """One configured model: its client, its concurrency limit, its backend's release."""
+    """One configured model: its client, its concurrency limit, its backend's release, and its
+    circuit (open while the model is down)."""
 
     def __init__(
         self,
@@ -217,6 +245,38 @@ class _Backend:
         self.client = client
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
         self.release = release
+        self.circuit = Circuit(name, self.probe, probe_interval_s=cfg.probe_interval_s)
+        self.served = False  # seen ready or answering: an "unknown model" later is an outage
+
+    async def probe(self) -> bool:
+        """Whether Triton reports the model ready; False when unreachable, failing or hung."""
+        try:
+            ready = bool(
+                await self.client.is_model_ready(
+                    self.cfg.triton_model, client_timeout=_PROBE_TIMEOUT_S
+                )
+            )
+        except Exception:  # unreachable, stopping, timed out: not ready
+            return False
+        self.served = self.served or ready
+        return ready
+
+
+def _channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's default channel options, plus a reconnect back-off capped at 1 s: gRPC's
+    own grows to 120 s, which would keep a channel failing long after its server is back."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 def _release(name: str, cfg: ModelSettings) -> vllm.BackendRelease:
@@ -247,11 +307,15 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             url = cfg.endpoint  # a ConfigError for a `local` model whose Triton is not known yet
             client = self._clients.get(url)
             if client is None:
-                client = self._clients[url] = grpcclient.InferenceServerClient(url)
+                client = self._clients[url] = grpcclient.InferenceServerClient(
+                    url, channel_args=_channel_args()
+                )
             self._backends[name] = _Backend(name, cfg, client, self._releases[name])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for b in self._backends.values():
+            await b.circuit.aclose()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -267,15 +331,20 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
 
     async def ready(self) -> dict[str, bool]:
         """Each model's readiness as Triton reports it (False when unreachable)."""
-
-        async def one(b: _Backend) -> bool:
-            try:
-                return bool(await b.client.is_model_ready(b.cfg.triton_model))
-            except (InferenceServerException, grpc.RpcError):
-                return False
-
-        results = await asyncio.gather(*(one(b) for b in self._backends.values()))
+        results = await asyncio.gather(*(b.probe() for b in self._backends.values()))
         return dict(zip(self._backends, results, strict=True))
+
+    def available(self, model: str) -> bool:
+        """False while ``model``'s circuit is open (down: its calls wait); True otherwise, also
+        for a model this pool does not serve (its calls fail at once)."""
+        b = self._backends.get(model)
+        return b is None or not b.circuit.is_open
+
+    async def wait_available(self, model: str) -> None:
+        """Return once ``model``'s circuit is closed (at once when it is)."""
+        b = self._backends.get(model)
+        if b is not None:
+            await b.circuit.wait_closed()
 
     async def generate(
         self,
@@ -290,11 +359,52 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         """Generate a completion of ``prompt``; raises ``InferenceError`` or its retryable kind.
 
         With ``choices`` (only for models configured with ``guided_choice``) the backend returns
-        exactly one of them.
+        exactly one of them. While the model is down the call waits (see the module docstring),
+        then raises ``BackendDown`` once the outage outlasts ``max_outage_s``.
         """
         backend = self._backends.get(model)
         if backend is None:
             raise InferenceError(model, "model is not configured in this service")
+        circuit = backend.circuit
+        deadline: float | None = None  # set by the first outage this call meets, never moved
+        while True:
+            if circuit.is_open:
+                if deadline is None:
+                    deadline = circuit.outage_deadline(backend.cfg.max_outage_s)
+                if not await circuit.wait_closed(deadline):
+                    raise BackendDown(
+                        model,
+                        f"not ready for {circuit.down_s():.0f}s "
+                        f"(max_outage_s {backend.cfg.max_outage_s:g}): {circuit.reason}",
+                    )
+            try:
+                return await self._generate_once(backend, prompt, params, stop, choices, role)
+            except InferenceError as exc:
+                if not await self._outage(backend, exc):
+                    raise
+
+    async def _outage(self, b: _Backend, exc: InferenceError) -> bool:
+        """Whether ``exc`` comes from the model being down; if so its circuit is open after."""
+        if b.cfg.max_outage_s <= 0:
+            return False
+        unknown = not exc.retryable and b.served and _UNKNOWN_MODEL.search(str(exc)) is not None
+        if not (exc.retryable or unknown):
+            return False  # a wrong request: permanent whatever the backend's state
+        if not b.circuit.is_open and await b.probe():
+            return False  # the model is ready: a transient failure, raised as before
+        b.circuit.trip(f"{type(exc).__name__}: {exc}")
+        return True
+
+    async def _generate_once(
+        self,
+        backend: _Backend,
+        prompt: str,
+        params: SamplingParams,
+        stop: list[str] | None,
+        choices: list[str] | None,
+        role: str,
+    ) -> Generation:
+        model = backend.name
         async with backend.slots:
             start = time.monotonic()
             outcome = "ok"
@@ -318,6 +428,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 elapsed = time.monotonic() - start
                 metrics.INFERENCE_SECONDS.labels(model=model, role=role).observe(elapsed)
                 metrics.INFERENCE_REQUESTS.labels(model=model, role=role, outcome=outcome).inc()
+            backend.served = True
             text = "".join(got.chunks)
             metrics.GENERATED_CHARS.labels(model=model, role=role).inc(len(text))
             if got.tokens is not None:

@@ -5,7 +5,7 @@ Usage::
     inference = FakeInference(load_models(SCRIPTED_MODELS), guided=["alpha"])
     publisher = FakePublisher()
     kv = FakeKV("warriorcoder_v1_ratings")
-    handle = make_handler(roster, inference, publisher)
+    handle = make_handler(settings, roster, inference, publisher)
     await handle(challenge)
     [battle] = publisher.messages(subjects.BATTLES)
 
@@ -19,6 +19,8 @@ semantics as in the real-server tests:
   reason and token count come back where the release reports them. A request the backend would
   reject raises the ``InferenceError`` the Triton client raises for the in-band error; an unknown
   model raises the client's "not configured" ``InferenceError``. Latency is not simulated.
+  ``set_available(model, False)`` takes a model down as an open circuit does: its calls wait
+  (without a limit) until ``set_available(model, True)``; ``available``/``wait_available`` say so.
 - ``FakePublisher`` records what is published (decoded back from its wire encoding) and, like
   JetStream's duplicate window, stores a message once per (subject, ``Nats-Msg-Id``).
 - ``FakeKV`` is one bucket (history 1) with nats.py 2.16 ``KeyValue`` semantics: revisions are
@@ -27,9 +29,6 @@ semantics as in the real-server tests:
   deleted key may be created again); ``update`` writes only when ``last`` is the key's revision
   (``None`` counts as 0); ``delete`` leaves a tombstone and, with ``last``, checks it as JetStream
   does (``BadRequestError`` with error code 10071); an invalid key raises ``InvalidKeyError``.
-  ``revisions(patterns)`` lists the live keys matching subject patterns, as the server-filtered
-  ``runtime.kv_keys.JetStreamKeys`` does (nats.py's own ``keys(filters=...)`` is a client-side
-  substring match over the whole bucket, not used).
   Each call yields to the event loop once, so concurrent callers interleave between operations.
 """
 
@@ -89,9 +88,27 @@ class FakeInference:
         self._guided = frozenset(guided)
         self.release = BackendRelease.parse(release)
         self.requests: list[Request] = []
+        self._back: dict[str, asyncio.Event] = {}  # the models down, set when they are back
 
     def guided(self, model: str) -> bool:
         return model in self._guided
+
+    def set_available(self, model: str, up: bool) -> None:
+        """Take ``model`` down (its calls wait, as behind an open circuit) or bring it back."""
+        if up:
+            back = self._back.pop(model, None)
+            if back is not None:
+                back.set()
+        elif model not in self._back:
+            self._back[model] = asyncio.Event()
+
+    def available(self, model: str) -> bool:
+        return model not in self._back
+
+    async def wait_available(self, model: str) -> None:
+        back = self._back.get(model)
+        if back is not None:
+            await back.wait()
 
     async def generate(
         self,
@@ -105,6 +122,7 @@ class FakeInference:
     ) -> Generation:
         start = time.monotonic()
         await asyncio.sleep(0)  # a real call yields; concurrent calls interleave
+        await self.wait_available(model)
         scripted = self.models.get(model)
         if scripted is None:
             raise InferenceError(model, "model is not configured in this service")
@@ -231,18 +249,6 @@ class FakeKV:
         self._write(key, b"", deleted=True)
         return True
 
-    async def revisions(self, patterns: Iterable[str]) -> dict[str, int]:
-        """The live keys matching NATS subject patterns, with their revisions: what
-        ``runtime.kv_keys.JetStreamKeys`` lists from a real bucket (``*`` is one token, ``>``
-        the rest; delete markers left out)."""
-        await asyncio.sleep(0)
-        wanted = [p.split(".") for p in patterns]
-        return {
-            key: slot.revision
-            for key, slot in self._slots.items()
-            if not slot.deleted and any(_subject_matches(p, key.split(".")) for p in wanted)
-        }
-
     def held_keys(self) -> list[str]:
         """The keys that hold a value (not deleted), for assertions."""
         return [k for k, slot in self._slots.items() if not slot.deleted]
@@ -260,15 +266,6 @@ class FakeKV:
         self._seq += 1
         self._slots[key] = _Slot(value, self._seq, deleted)
         return self._seq
-
-
-def _subject_matches(pattern: list[str], tokens: list[str]) -> bool:
-    for i, p in enumerate(pattern):
-        if p == ">":
-            return len(tokens) > i
-        if i >= len(tokens) or (p != "*" and p != tokens[i]):
-            return False
-    return len(tokens) == len(pattern)
 
 
 class FakeBuckets:

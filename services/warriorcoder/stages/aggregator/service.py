@@ -6,7 +6,9 @@ Usage::
 
 Per judgement: the ratings change once (compare-and-set in KV, recognising redeliveries), then
 the sample goes to the data directory's JSONL shards and to the samples stream (``Nats-Msg-Id`` =
-battle id). Each step is idempotent, so a crash anywhere is repaired by redelivery.
+battle id). Each step is idempotent, so a crash anywhere is repaired by redelivery. The aggregators
+are one ordered writer (their consumer delivers one judgement at a time, across replicas), which
+is what makes the ratings change once per battle without a window of remembered ids.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from nats.js.errors import NotFoundError
+
 from warriorcoder.arena.decide import decide
+from warriorcoder.arena.invariants import check_judgement
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Judgement
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ports import Publisher
-from warriorcoder.runtime.settings import ScoringSettings
+from warriorcoder.runtime.settings import ArenaSettings, ScoringSettings
 from warriorcoder.runtime.shards import ShardWriter
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage, no_models
 from warriorcoder.stages.aggregator.ratings import RatingsStore
@@ -32,11 +37,22 @@ log = logging.getLogger(__name__)
 
 
 def make_handler(
-    scoring: ScoringSettings, store: RatingsStore, writer: ShardWriter, publisher: Publisher
+    scoring: ScoringSettings,
+    store: RatingsStore,
+    writer: ShardWriter,
+    publisher: Publisher,
+    *,
+    arena: ArenaSettings | None = None,
 ) -> Handler[Judgement]:
-    """Apply each judgement to the ratings once, then write and publish its sample."""
+    """Apply each judgement to the ratings once, then write and publish its sample.
+
+    ``arena``: the settings each judgement's invariants are checked against before anything
+    changes (a violation is poison); the service always passes them, None leaves the check out
+    (unit tests of the rating logic alone)."""
 
     async def handle(j: Judgement) -> None:
+        if arena is not None:
+            check_judgement(j, arena)
         ch = j.battle.challenge
 
         def step(ra: float, rd: float) -> tuple[float, float] | None:
@@ -45,7 +61,15 @@ def make_handler(
                 return None
             return sample.ratings_after[ch.attacker], sample.ratings_after[ch.defender]
 
-        applied = await store.apply(j.id, ch.attacker, ch.defender, step)
+        # A sample already in the dataset whose battle is not the last one applied: a judgement
+        # re-published after the de-dup window, for a battle applied, written and acked long ago.
+        applied = await store.apply(
+            j.id, ch.attacker, ch.defender, step, in_dataset=j.id in writer.ids
+        )
+        if applied is None:
+            metrics.DUPLICATES.inc()
+            log.warning("battle already in the dataset: nothing changed", extra={"id": j.id})
+            return
         if applied.duplicate:
             metrics.DUPLICATES.inc()
         # Pure in (judgement, pre-battle ratings): the same sample as the one applied, even when
@@ -71,21 +95,41 @@ def make_handler(
 @asynccontextmanager
 async def setup(deps: Deps) -> AsyncIterator[Handler[Judgement]]:
     s = deps.settings
+    if s.scoring.idempotency_window is not None:
+        log.warning("scoring.idempotency_window is deprecated and ignored: no window is needed")
     store = RatingsStore(await deps.buckets.kv(subjects.KV_RATINGS), s.scoring)
     doc, _ = await store.read()
     for model, rating in doc.ratings.items():
         metrics.ELO.labels(model=model).set(rating)
+    if (doc.recent or doc.recent_seq) and not await _judgements_pending(deps):
+        await store.forget_legacy()  # a document of the previous version, its window now useless
     writer = ShardWriter(Path(s.data_dir), max_per_shard=s.shard_max_samples)
     await writer.open()
     try:
-        yield make_handler(s.scoring, store, writer, deps.publisher)
+        yield make_handler(s.scoring, store, writer, deps.publisher, arena=s)
     finally:
         await writer.close()
 
 
+async def _judgements_pending(deps: Deps) -> bool:
+    """Whether a judgement is delivered but not settled (the consumer missing: none is)."""
+    try:
+        info = await deps.bus.js.consumer_info(
+            subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR
+        )
+    except NotFoundError:
+        return False
+    return bool(info.num_ack_pending)
+
+
 STAGE = Stage(
     name="aggregator",
-    consumes=Consumes(subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR, Judgement),
+    # One ordered writer: JetStream delivers a judgement only when every one delivered before is
+    # settled, across all replicas, so at most one battle is applied but unacknowledged: the one
+    # the ratings document records (see ratings.py).
+    consumes=Consumes(
+        subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR, Judgement, max_ack_pending=1
+    ),
     models=no_models,  # the aggregator calls no model
     setup=setup,
 )

@@ -9,14 +9,33 @@ Usage::
     await claim.release()     # dropped later (quality, budget, scorer, publish): free every key
 
 Exact duplicates: ``exact.<sha256 of the normalised text>`` is created atomically, so of two
-replicas admitting the same text exactly one wins. Near-duplicates: the newcomer writes its band
-keys ``lsh.<band key>.<id>``, then ``words.<id>`` (the commit point, whose revision ranks it),
-lists its bands' members with one server-filtered consumer (``runtime.kv_keys``), and is
-rejected only by an EARLIER committed member whose word-set Jaccard similarity is >= the
-threshold; so a distinct instruction that merely shares a band is admitted, and of two racing
-near-duplicates the later one always sees the earlier and withdraws (``near_dup`` explains why).
-A word set never changes once written, so the candidates' words are cached per process (LRU,
-with their revision) and only misses are fetched.
+replicas admitting the same text exactly one wins.
+
+Near-duplicates, one key per band: ``lsh.<band key>`` holds the band's member ids
+(``BandMembers``), changed only by compare-and-set (``runtime.kv.update_state``). An admission
+adds its id to its 25 band keys (concurrently), THEN writes ``words.<id>`` (the commit point,
+whose revision ranks it), THEN reads its 25 band keys (concurrent gets) and fetches the words of
+the other members. Only an EARLIER committed member whose word-set Jaccard similarity is >= the
+threshold rejects it; a member whose words are not written yet is ignored (it will see us). So a
+distinct instruction that merely shares a band is admitted, and every step costs the same at 100k
+admitted instructions as at 1k: 25 compare-and-sets, one put, 25 gets and the candidates' words
+(no listing of the bucket, whose cost grows with it).
+
+Why two racing near-duplicates A and B are never both admitted: revisions are totally ordered,
+say ``words.A`` got the lower one. A's additions to its bands were acknowledged before it wrote
+``words.A``; B reads its bands after writing ``words.B``, hence after A's additions. A
+compare-and-set never loses a member (each write is computed from the latest value, or fails and
+is retried), so B's read of a band they share lists A, and ``words.A`` exists when B fetches it.
+B computes the same Jaccard (symmetric, deterministic) with the lower-ranked A and withdraws; A
+ignores B (ranked later). If A withdraws meanwhile, B may be rejected by A (a rare extra
+rejection in a race, never an extra admission). ``near_dup`` describes restarts and releases.
+
+Releasing (a rejected claim, and later drops: quality gate, budget, scorer, failed publish)
+deletes ``words.<id>`` first (a member without words is ignored by everyone), removes the id from
+every band (compare-and-set; a band left empty is deleted with ``last=revision``, so a member
+added meanwhile keeps it), then deletes the exact key only while it holds this claim's revision.
+A word set never changes once written, so the candidates' words are cached per process (LRU, with
+their revision) and only misses are fetched.
 """
 
 from __future__ import annotations
@@ -25,16 +44,18 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from warriorcoder.arena.instructions import normalise
 from warriorcoder.arena.near_dup import Candidate, LshBands, decide, encode_words, word_hashes
-from warriorcoder.runtime.kv_keys import KeyLister, bucket_keys
+from warriorcoder.proto.state import BandMembers, decode_state
+from warriorcoder.runtime.kv import update_state
 from warriorcoder.runtime.ports import KeyValueStore
 
-__all__ = ["Claim", "DedupIndex", "WordsCache"]
+__all__ = ["Claim", "DedupIndex", "WordsCache", "join_band", "leave_band", "read_band"]
 
 log = logging.getLogger(__name__)
 
@@ -45,31 +66,74 @@ def _exact_key(instruction: str) -> str:
     return "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
 
 
+async def join_band(kv: KeyValueStore, key: str, id: str) -> None:
+    """Add ``id`` to the band ``key`` (compare-and-set; already a member: no write)."""
+
+    def add(band: BandMembers) -> BandMembers | None:
+        return None if id in band.ids else BandMembers(ids=[*band.ids, id])
+
+    await update_state(kv, key, BandMembers, add)
+
+
+async def leave_band(kv: KeyValueStore, key: str, id: str) -> None:
+    """Remove ``id`` from the band ``key`` (compare-and-set); delete the band if that emptied it.
+
+    The delete is conditional on the revision of the empty value, so an id added meanwhile keeps
+    the band (its writer's compare-and-set then finds the key deleted and creates it afresh)."""
+
+    def remove(band: BandMembers) -> BandMembers | None:
+        return BandMembers(ids=[i for i in band.ids if i != id]) if id in band.ids else None
+
+    _, written = await update_state(kv, key, BandMembers, remove)
+    if written is None or written.ids:
+        return
+    try:
+        entry = await kv.get(key)
+        if not decode_state(entry.value, BandMembers).ids:
+            await kv.delete(key, last=entry.revision)
+    except (KeyNotFoundError, KeyWrongLastSequenceError, BadRequestError):
+        pass  # deleted by another leaver, or joined since: the band is someone else's now
+
+
+async def read_band(kv: KeyValueStore, key: str) -> list[str]:
+    """The member ids of the band ``key`` (none when it is absent)."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return []
+    return decode_state(entry.value, BandMembers).ids
+
+
 @dataclass
 class Claim:
     """Keys an admitted instruction holds in the de-dup index: the exact key (with the revision
-    it was created at) and its near-duplicate keys (band keys and words)."""
+    it was created at), the band keys that list ``id`` and its ``words.<id>`` key."""
 
     kv: KeyValueStore
     exact_key: str = ""
     exact_rev: int = 0
-    near_keys: list[str] = field(default_factory=list)
+    id: str = ""
+    band_keys: list[str] = field(default_factory=list)
+    words_key: str = ""
 
     async def release(self) -> None:
-        """Delete every key, words first (a member without words is ignored by everyone); the
-        exact key only while it holds this claim's revision, so a release never frees another
-        claim. Best effort: a key that cannot be deleted (NATS away) is logged and kept."""
-        words = [k for k in self.near_keys if k.startswith("words.")]
-        bands = [k for k in self.near_keys if not k.startswith("words.")]
-        for keys in (words, bands):
-            await asyncio.gather(*(self._delete(k) for k in keys))
+        """Free every key: words first (a member without words is ignored by everyone), then the
+        id leaves its bands, then the exact key, only while it holds this claim's revision, so a
+        release never frees another claim. Best effort: what cannot be freed (NATS away) is
+        logged and kept."""
+        if self.words_key:
+            await self._try(self.words_key, self.kv.delete(self.words_key))
+        await asyncio.gather(
+            *(self._try(k, leave_band(self.kv, k, self.id)) for k in self.band_keys)
+        )
         if self.exact_key:
-            await self._delete(self.exact_key, last=self.exact_rev)
-        self.near_keys, self.exact_key, self.exact_rev = [], "", 0
+            await self._try(self.exact_key, self.kv.delete(self.exact_key, last=self.exact_rev))
+        self.band_keys, self.words_key, self.exact_key, self.exact_rev = [], "", "", 0
 
-    async def _delete(self, key: str, last: int | None = None) -> None:
+    @staticmethod
+    async def _try(key: str, step: Awaitable[object]) -> None:
         try:
-            await self.kv.delete(key, last=last)
+            await step
         except Exception as exc:  # NATS away, or the exact key was claimed anew since
             log.warning("could not release a de-dup key %s: %s", key, exc)
 
@@ -98,26 +162,19 @@ class WordsCache:
 
 
 class DedupIndex:
-    """``bands`` None: exact duplicates only. ``lister`` lists band members (default: the
-    bucket's own, ``runtime.kv_keys.bucket_keys``)."""
+    """``bands`` None: exact duplicates only."""
 
     def __init__(
-        self,
-        kv: KeyValueStore,
-        bands: LshBands | None,
-        *,
-        lister: KeyLister | None = None,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        self, kv: KeyValueStore, bands: LshBands | None, *, cache_size: int = DEFAULT_CACHE_SIZE
     ) -> None:
         self.kv = kv
         self.bands = bands
-        self.lister = lister if lister is not None or bands is None else bucket_keys(kv)
         self.cache = WordsCache(cache_size)
         self.fetched = 0  # word sets read from the bucket (cache misses), for the benchmark
 
     async def claim(self, instruction: str, challenge_id: str) -> tuple[Claim | None, str]:
         """Claim the instruction's keys; (None, reason) when it duplicates an admitted one."""
-        claim = Claim(self.kv, _exact_key(instruction))
+        claim = Claim(self.kv, _exact_key(instruction), id=challenge_id)
         try:
             claim.exact_rev = await self.kv.create(claim.exact_key, challenge_id.encode())
         except KeyWrongLastSequenceError:
@@ -135,17 +192,15 @@ class DedupIndex:
         return claim, ""
 
     async def _near(self, claim: Claim, instruction: str, id: str) -> bool:
-        assert self.bands is not None and self.lister is not None
-        band_keys = self.bands.keys(instruction)
+        assert self.bands is not None
         own = word_hashes(instruction)
-        members = [f"lsh.{b}.{id}" for b in band_keys]
-        words_key = f"words.{id}"
-        claim.near_keys = [*members, words_key]
-        await asyncio.gather(*(self.kv.put(k, b"") for k in members))  # band keys first
+        claim.band_keys = [f"lsh.{b}" for b in self.bands.keys(instruction)]
+        await asyncio.gather(*(join_band(self.kv, k, id) for k in claim.band_keys))  # bands first
         encoded = encode_words(own)
-        rank = await self.kv.put(words_key, encoded)  # the commit point: its revision ranks us
-        listed = await self.lister.revisions([f"lsh.{b}.*" for b in band_keys])
-        ids = {k.rsplit(".", 1)[1] for k in listed} - {id}
+        claim.words_key = f"words.{id}"
+        rank = await self.kv.put(claim.words_key, encoded)  # the commit point: ranks us
+        members = await asyncio.gather(*(read_band(self.kv, k) for k in claim.band_keys))
+        ids = {i for band in members for i in band} - {id}
         decision = decide(own, rank, await self._candidates(ids), threshold=self.bands.threshold)
         if decision.admitted:
             self.cache.put(id, encoded, rank)

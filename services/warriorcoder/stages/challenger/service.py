@@ -10,7 +10,9 @@ cleaning (cut at the end of the user turn; empty, short, long, template debris),
 decontamination, exact and MinHash-LSH near-duplicates (an index in NATS KV shared by every
 replica), then an LLM quality score (never by the attacker). Every rejection is counted by reason.
 Mining runs while the challenge backlog is below the high water mark and pauses until it falls
-to the low water mark, so a continuous arena never floods the bus.
+to the low water mark, so a continuous arena never floods the bus. While a model is down its
+calls wait (the inference circuit); a worker whose call still failed because its model is down
+waits for that model to be back, not for a blind back-off, and resumes the moment it is.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from nats.errors import Error as NatsError
 
@@ -38,6 +41,7 @@ from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Deps, Stage
 from warriorcoder.runtime.stores import Budget, RejectionStats, ScheduleCursor
+from warriorcoder.runtime.triton import InferenceError
 from warriorcoder.stages.challenger.diversity import DiversityGate
 from warriorcoder.stages.challenger.filters import DedupIndex
 from warriorcoder.stages.challenger.quality import QualityGate
@@ -295,18 +299,28 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
                 continue
             gate.enter()
             published = False
+            error: BaseException | None = None
             try:
                 published = await miner.mine_one()
                 failures = 0
             except (ArenaError, NatsError, TimeoutError) as exc:
-                failures += 1
-                delay = min(2.0 ** min(failures, 6), 60.0)
-                log.warning(
-                    "mining failed, backing off", extra={"error": str(exc), "delay_s": delay}
-                )
-                await _sleep_or_stop(stop, delay)
+                error = exc
             finally:
                 gate.leave(published)
+            if error is None:
+                continue
+            down = _down_model(deps.inference, error)
+            if down is not None:  # resume the moment it is back: no blind back-off
+                log.warning(
+                    "mining waits for a model that is down",
+                    extra={"model": down, "error": str(error)},
+                )
+                await _wait_or_stop(stop, deps.inference.wait_available(down))
+                continue
+            failures += 1
+            delay = min(2.0 ** min(failures, 6), 60.0)
+            log.warning("mining failed, backing off", extra={"error": str(error), "delay_s": delay})
+            await _sleep_or_stop(stop, delay)
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -333,6 +347,24 @@ async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
         for task in waiters:
             task.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def _down_model(inference: Inference, exc: BaseException) -> str | None:
+    """The model whose outage ``exc`` reports, while it is still down; else None."""
+    if isinstance(exc, InferenceError) and not inference.available(exc.model):
+        return exc.model
+    return None
+
+
+async def _wait_or_stop(stop: asyncio.Event, waiting: Coroutine[Any, Any, None]) -> None:
+    """Await ``waiting`` until it returns or ``stop`` is set; no task outlives the call."""
+    tasks = {asyncio.create_task(waiting), asyncio.create_task(stop.wait())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _models(s: ArenaSettings) -> list[str]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from warriorcoder.arena.invariants import check_battle, orders_for
 from warriorcoder.arena.prompts import judge_messages
 from warriorcoder.arena.verdicts import (
     VERDICT_CHOICES,
@@ -41,17 +42,12 @@ __all__ = ["STAGE", "make_handler", "orders_for"]
 log = logging.getLogger(__name__)
 
 
-def orders_for(mode: str, battle_id: str) -> list[Role]:
-    """Whose answer is shown as Assistant A, per judgement of one judge."""
-    if mode == "both":
-        return ["attacker", "defender"]
-    return ["attacker" if int(battle_id, 16) % 2 == 0 else "defender"]
-
-
 def make_handler(
     settings: ArenaSettings, roster: Roster, inference: Inference, publisher: Publisher
 ) -> Handler[Battle]:
-    """Judge each battle with its uninvolved judges (``roster``: the judge pool)."""
+    """Judge each battle with its uninvolved judges (``roster``: the judge pool); a battle that
+    breaks the arena's invariants is poison, before any judge is asked. ``orders_for`` (whose
+    answer each verdict shows first) is the rule the aggregator checks the votes against."""
     s = settings
 
     async def verdict(judge: str, question: str, first: str, second: str) -> Asked[Label]:
@@ -90,6 +86,7 @@ def make_handler(
         )
 
     async def handle(b: Battle) -> None:
+        check_battle(b, s)
         ch = b.challenge
         judges = s.judges_for(ch.attacker, ch.defender)
         orders = orders_for(s.judge.position_mode, b.id)

@@ -15,8 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from warriorcoder.arena.invariants import check_challenge
 from warriorcoder.arena.prompts import response_system_prompt
-from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Answer, Battle, Challenge
 from warriorcoder.runtime import metrics
@@ -31,8 +31,11 @@ __all__ = ["STAGE", "make_handler"]
 log = logging.getLogger(__name__)
 
 
-def make_handler(roster: Roster, inference: Inference, publisher: Publisher) -> Handler[Challenge]:
-    """Answer each challenge with both of its competitors (``roster``: the competitors)."""
+def make_handler(
+    settings: ArenaSettings, roster: Roster, inference: Inference, publisher: Publisher
+) -> Handler[Challenge]:
+    """Answer each challenge with both of its competitors (``roster``: the competitors); a
+    challenge that breaks the arena's invariants is poison, before any model is asked."""
 
     async def answer(model: str, role: str, ch: Challenge) -> Answer:
         m = roster[model]
@@ -50,9 +53,7 @@ def make_handler(roster: Roster, inference: Inference, publisher: Publisher) -> 
         )
 
     async def handle(ch: Challenge) -> None:
-        for model in (ch.attacker, ch.defender):
-            if model not in roster:
-                raise PoisonError("unknown_model", f"{model!r} is not a competitor of this arena")
+        check_challenge(ch, settings)
         attacker, defender = await gather(
             answer(ch.attacker, "attacker", ch), answer(ch.defender, "defender", ch)
         )
@@ -72,7 +73,7 @@ def make_handler(roster: Roster, inference: Inference, publisher: Publisher) -> 
 
 @asynccontextmanager
 async def setup(deps: Deps) -> AsyncIterator[Handler[Challenge]]:
-    yield make_handler(deps.roster, deps.inference, deps.publisher)
+    yield make_handler(deps.settings, deps.roster, deps.inference, deps.publisher)
 
 
 def _competitors(s: ArenaSettings) -> list[str]:
