@@ -96,7 +96,7 @@ def scripted_arena_settings(
         languages=["Python"],
         sampling=_sampling(challenge=256, quality=128, response=512, judge=256),
         challenger=_small_challenger(),
-        nats=NatsSettings(url=nats_url, ack_wait_s=30, retry_delay_s=0.5),
+        nats=NatsSettings(url=nats_url, ack_wait_s=10, retry_delay_s=0.5),
         service=ServiceSettings(log_format="json", drain_timeout_s=10),
         data_dir=str(data_dir / "samples"),
     )
@@ -125,7 +125,7 @@ def demo_arena_settings(models: dict[str, Path]) -> ArenaSettings:
             near_dup=NearDupSettings(enabled=False),
             quality=QualitySettings(threshold=1),
         ),
-        nats=NatsSettings(ack_wait_s=30, retry_delay_s=0.5),
+        nats=NatsSettings(ack_wait_s=10, retry_delay_s=0.5),
         service=ServiceSettings(log_format="json", drain_timeout_s=20),
     )
 
