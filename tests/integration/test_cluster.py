@@ -1,7 +1,8 @@
 """The bus on a real 3-node JetStream cluster: leader elections are waited out, never fatal.
 
-Three nats-server processes on loopback ports (``--cluster``, ``--routes``, ``--jetstream``, their
-stores under the test's tmp dir), streams and buckets with 3 replicas. While work flows through
+Three nats-server processes on loopback ports (``tests.chaos.cluster.NatsCluster``: ``--cluster``,
+``--routes``, ``--jetstream``, their stores under the test's tmp dir), streams and buckets with 3
+replicas. While work flows through
 ``Bus`` (publish, consume, ack, KV), the leader of the work stream is killed with SIGKILL and
 restarted on the same store; every message must still be handled, and no exception escape.
 """
@@ -10,19 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
-import subprocess
 import time
-import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.chaos.cluster import NatsCluster
 from tests.helpers import challenge
-from warriorcoder.launcher.processes import free_port, nats_server_binary, port_open
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge
 from warriorcoder.runtime.bus import Bus, connect
@@ -31,124 +27,19 @@ from warriorcoder.runtime.settings import NatsSettings
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Node:
-    name: str
-    client: int
-    route: int
-    monitor: int
-    store: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-@dataclass
-class JetStreamCluster:
-    """``size`` nats-server processes clustered on loopback, each with its own JetStream store.
-
-    Usage::
-
-        cluster = JetStreamCluster.start(tmp_path, size=3)
-        cluster.wait_for_meta_leader()
-        cluster.kill("n1"); cluster.restart("n1")
-        cluster.stop()
-    """
-
-    nodes: dict[str, Node] = field(default_factory=dict)
-
-    @classmethod
-    def start(cls, root: Path, size: int = 3) -> JetStreamCluster:
-        cluster = cls()
-        for i in range(size):
-            name = f"n{i}"
-            cluster.nodes[name] = Node(
-                name, free_port(), free_port(), free_port(), root / name, root / f"{name}.log"
-            )
-        for name in cluster.nodes:
-            cluster.restart(name)
-        return cluster
-
-    @property
-    def url(self) -> str:
-        return ",".join(f"nats://127.0.0.1:{n.client}" for n in self.nodes.values())
-
-    def restart(self, name: str) -> None:
-        node = self.nodes[name]
-        node.store.mkdir(parents=True, exist_ok=True)
-        routes = ",".join(f"nats://127.0.0.1:{n.route}" for n in self.nodes.values())
-        argv = [
-            nats_server_binary(),
-            "--jetstream",
-            "--store_dir", str(node.store),
-            "--server_name", name,
-            "--addr", "127.0.0.1",
-            "--port", str(node.client),
-            "--http_port", str(node.monitor),
-            "--cluster_name", "warriorcoder-test",
-            "--cluster", f"nats://127.0.0.1:{node.route}",
-            "--routes", routes,
-        ]  # fmt: skip
-        with open(node.log, "ab") as out:
-            node.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not port_open(node.client):
-            assert node.alive(), f"{name} exited: see {node.log}"
-            assert time.monotonic() < deadline, f"{name} did not open its port"
-            time.sleep(0.05)
-
-    def kill(self, name: str) -> None:
-        node = self.nodes[name]
-        if node.proc is not None and node.alive():
-            node.proc.send_signal(signal.SIGKILL)
-            node.proc.wait()
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            if node.proc is not None and node.alive():
-                node.proc.terminate()
-        for node in self.nodes.values():
-            if node.proc is not None:
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait()
-
-    def meta_leader(self) -> str | None:
-        """The JetStream meta leader as a live node sees it (None during an election)."""
-        for node in self.nodes.values():
-            if not node.alive():
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                url = f"http://127.0.0.1:{node.monitor}/jsz"
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    leader = json.load(r).get("meta_cluster", {}).get("leader")
-                if leader:
-                    return str(leader)
-        return None
-
-    def wait_for_meta_leader(self, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while (leader := self.meta_leader()) is None:
-            assert time.monotonic() < deadline, "no JetStream meta leader"
-            time.sleep(0.1)
-        return leader
-
-
 @pytest.fixture
 def cluster(tmp_path: Path):
-    c = JetStreamCluster.start(tmp_path / "cluster")
-    try:
-        c.wait_for_meta_leader()
+    with NatsCluster(tmp_path / "cluster", name="bus") as c:
         yield c
-    finally:
-        c.stop()
 
 
-def _settings(cluster: JetStreamCluster) -> NatsSettings:
+def _node(cluster: NatsCluster, server_name: str | None) -> int:
+    names = {f"n{i}": i for i in range(cluster.size)}
+    assert server_name in names, server_name
+    return names[server_name]
+
+
+def _settings(cluster: NatsCluster) -> NatsSettings:
     return NatsSettings(
         url=cluster.url, stream_replicas=3, ack_wait_s=5, max_deliver=5, retry_delay_s=0.2
     )
@@ -197,8 +88,7 @@ async def test_killing_the_stream_leader_loses_nothing_and_crashes_nothing(clust
                 producing.result()  # raises what escaped a publish
             await asyncio.sleep(0.05)
         info = await producer.js.stream_info(subjects.STREAM_CHALLENGES)
-        leader = info.cluster.leader if info.cluster else None
-        assert leader in cluster.nodes, info.cluster
+        leader = _node(cluster, info.cluster.leader if info.cluster else None)
         await asyncio.to_thread(cluster.kill, leader)
         # A service starting during the election: its start-up is retried, not fatal.
         late_cfg = _settings(cluster)
@@ -206,7 +96,7 @@ async def test_killing_the_stream_leader_loses_nothing_and_crashes_nothing(clust
         await late.ensure_topology()
         await late.kv(subjects.KV_RATINGS)
         await asyncio.sleep(2)
-        await asyncio.to_thread(cluster.restart, leader)
+        await asyncio.to_thread(cluster.start, leader)
         await asyncio.wait_for(producing, 60)  # raises what escaped a publish
         while len(handled) < total:
             assert not consuming.done(), consuming
@@ -223,7 +113,7 @@ async def test_killing_the_stream_leader_loses_nothing_and_crashes_nothing(clust
     # At least once: a message whose ack died with the old leader may come back once.
     assert sum(handled.values()) - total <= 8, handled.most_common(3)
     assert await producer.stored(subjects.STREAM_DLQ) == 0
-    assert new_leader is not None and new_leader.leader in cluster.nodes
+    assert new_leader is not None and _node(cluster, new_leader.leader) in range(cluster.size)
     assert await producer.stored(subjects.STREAM_CHALLENGES) == 0
     for entry_id in (sent[0].id, sent[-1].id):
         assert (await kv.get(f"seen.{entry_id}")).value == b"1"
