@@ -126,3 +126,26 @@ def arena_judgement(
 
 def _other(role: str) -> str:
     return "defender" if role == "attacker" else "attacker"
+
+
+# Three near-duplicates of one task (unigram Jaccard >= 0.5 pairwise): the de-dup tests' race.
+NEAR = [
+    "Write a Python function that merges overlapping intervals in a list and returns the merged "
+    "list sorted by start.",
+    "Write a Python function that merges overlapping intervals in a list and returns the merged "
+    "list.",
+    "write a python function that merges overlapping intervals in a list, returning the merged "
+    "list sorted by start",
+]
+
+
+async def band_members(kv: Any) -> list[str]:
+    """Every (band, id) membership held in a FakeKV de-dup bucket, as ``<band key>/<id>``."""
+    from warriorcoder.proto.state import BandMembers, decode_state
+
+    out = []
+    for key in kv.held_keys():
+        if key.startswith("lsh."):
+            band = decode_state((await kv.get(key)).value, BandMembers)
+            out += [f"{key}/{i}" for i in band.ids]
+    return out

@@ -52,19 +52,15 @@ from warriorcoder.launcher.background import BackgroundArena
 from warriorcoder.launcher.config import for_run, scripted_arena_settings, write_settings
 from warriorcoder.launcher.policy import top_up
 from warriorcoder.launcher.processes import (
-    SCRIPTED_SERVER,
     ManagedProcess,
     TritonPorts,
-    spawn_process,
+    start_scripted_triton,
     start_service,
-    triton_argv,
-    wait_http,
 )
 from warriorcoder.launcher.status import StatusReader, count_samples
 from warriorcoder.runtime.settings import ArenaSettings, ScoringSettings, load_settings
 from warriorcoder.runtime.shards import read_samples
 from warriorcoder.testing.scripted import SCRIPTED_MODELS
-from warriorcoder.testing.scripted_server import triton_env
 
 __all__ = [
     "MODELS",
@@ -284,23 +280,9 @@ def nats_restart(
 
 def start_triton(ports: TritonPorts, log_path: Path, timeout: float = 180) -> ManagedProcess:
     """The scripted models on a Triton (PyTriton) on fixed ports (to restart it in place)."""
-    argv = triton_argv(SCRIPTED_SERVER, SCRIPTED_MODELS, ports)
-    proc = spawn_process("tritonserver", argv, log_path, env=triton_env())
-    proc.ports.update(ports.as_dict())
-    try:
-        for model in MODELS:
-            wait_http(ports.model_ready_url(model), proc, timeout)
-    except BaseException:
-        _stop_group(proc)
-        raise
-    return proc
-
-
-def _stop_group(proc: ManagedProcess) -> None:
-    """Stop a child and whatever it started in its session (PyTriton's tritonserver)."""
-    proc.stop()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.proc.pid, signal.SIGKILL)
+    return start_scripted_triton(
+        SCRIPTED_MODELS, MODELS, log_path=log_path, timeout=timeout, ports=ports
+    )
 
 
 def triton_outage(
@@ -325,7 +307,7 @@ def triton_outage(
             progress = _Progress(arena.samples_dir)
             for i in range(outages):
                 arena.wait_for_samples(battles * (i + 1) // (outages + 2), timeout=timeout)
-                _stop_group(triton)
+                triton.stop()
                 figures.faults["Triton stopped"] += 1
                 time.sleep(down_s)
                 figures.notes["outage_s"] = figures.notes.get("outage_s", 0) + down_s
@@ -344,7 +326,7 @@ def triton_outage(
             arena.wait_for_samples(battles, timeout=timeout)
             _finish(arena, figures, drain_s=120)
     finally:
-        _stop_group(triton)
+        triton.stop()
     figures.seconds = time.monotonic() - start
     figures.outcome = inspect_store(data, Expect(battles, _scoring(data)))
     return figures

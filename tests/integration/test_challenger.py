@@ -8,7 +8,7 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from tests.conftest import SCRIPTED_MODELS
-from tests.helpers import arena_settings
+from tests.helpers import NEAR, arena_settings
 from warriorcoder.arena.near_dup import LshBands
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, decode
@@ -130,16 +130,6 @@ async def test_exact_duplicates_are_refused_across_replicas(nats_url):
     assert claim is not None and reason == ""
     for nc in ncs:
         await nc.drain()
-
-
-NEAR = [
-    "Write a Python function that merges overlapping intervals in a list and returns the merged "
-    "list sorted by start.",
-    "Write a Python function that merges overlapping intervals in a list and returns the merged "
-    "list.",
-    "write a python function that merges overlapping intervals in a list, returning the merged "
-    "list sorted by start",
-]
 
 
 async def test_near_duplicates_are_never_both_admitted_across_replicas(nats_url):

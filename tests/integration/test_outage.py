@@ -25,20 +25,16 @@ import pytest
 from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings
 from warriorcoder.launcher.processes import (
-    SCRIPTED_SERVER,
     ManagedProcess,
     TritonPorts,
     free_port,
     http_ok,
-    spawn_process,
-    triton_argv,
-    wait_http,
+    start_scripted_triton,
 )
 from warriorcoder.proto import subjects
 from warriorcoder.runtime.bus import connect
 from warriorcoder.runtime.service import run_service
 from warriorcoder.stages import load
-from warriorcoder.testing.scripted_server import triton_env
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +46,7 @@ MODELS = ["alpha", "beta", "gamma"]
 
 def start_triton(ports: TritonPorts, log_path: Path) -> ManagedProcess:
     """The scripted Triton on fixed ports (a restart keeps the address the services know)."""
-    argv = triton_argv(SCRIPTED_SERVER, SCRIPTED_MODELS, ports)
-    proc = spawn_process("tritonserver", argv, log_path, env=triton_env())
-    try:
-        for model in MODELS:
-            wait_http(ports.model_ready_url(model), proc, 180)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_scripted_triton(SCRIPTED_MODELS, MODELS, log_path=log_path, ports=ports)
 
 
 async def wait_until(check, within_s: float, what: str, poll_s: float = 0.1):

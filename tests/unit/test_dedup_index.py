@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.helpers import NEAR, band_members
 from warriorcoder.arena.near_dup import LshBands
-from warriorcoder.proto.state import BandMembers, decode_state
 from warriorcoder.stages.challenger.filters import DedupIndex, join_band, leave_band, read_band
 from warriorcoder.testing.fakes import FakeKV
 
@@ -19,28 +19,10 @@ ROMAN = (
     "on bad input."
 )
 MATRIX = "Write a Python function that rotates a matrix by 90 degrees and returns the result."
-NEAR = [
-    "Write a Python function that merges overlapping intervals in a list and returns the merged "
-    "list sorted by start.",
-    "Write a Python function that merges overlapping intervals in a list and returns the merged "
-    "list.",
-    "write a python function that merges overlapping intervals in a list, returning the merged "
-    "list sorted by start",
-]
 
 
 def ids(n: int) -> list[str]:
     return [f"{i:032x}" for i in range(1, n + 1)]
-
-
-async def band_members(kv: FakeKV) -> list[str]:
-    """Every (band, id) membership held in the bucket, as ``<band key>/<id>``."""
-    out = []
-    for key in kv.held_keys():
-        if key.startswith("lsh."):
-            band = decode_state((await kv.get(key)).value, BandMembers)
-            out += [f"{key}/{i}" for i in band.ids]
-    return out
 
 
 def test_the_fixtures_collide_in_a_band_without_being_near_duplicates():

@@ -9,15 +9,14 @@ import random
 import pytest
 
 from tests.conftest import SCRIPTED_MODELS
-from tests.helpers import arena_settings
+from tests.helpers import arena_settings, band_members
 from warriorcoder.arena.quality import QUESTION_START_MARK, SCORE_REASK_NOTE
 from warriorcoder.proto import subjects
-from warriorcoder.proto.state import BandMembers, decode_state
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stores import Budget, RejectionStats
 from warriorcoder.runtime.triton import InferenceError
 from warriorcoder.stages.challenger.quality import QualityGate
-from warriorcoder.stages.challenger.service import BUCKETS, STAGE, Miner, _wait_either
+from warriorcoder.stages.challenger.service import BUCKETS, STAGE, Miner, _wait_or_stop
 from warriorcoder.testing.fakes import FakeInference, FakeKV, FakePublisher
 from warriorcoder.testing.scripted import ScriptedModel, load_models
 
@@ -29,16 +28,6 @@ def miner(s, kvs=None, inference=None, seed=0):
     m = Miner(s, roster, inference, FakePublisher(), kvs)
     m.rng = random.Random(seed)
     return m, inference
-
-
-async def band_members(kv):
-    """Every (band, id) membership of the de-dup bucket, as ``<band key>/<id>``."""
-    out = []
-    for key in kv.held_keys():
-        if key.startswith("lsh."):
-            band = decode_state((await kv.get(key)).value, BandMembers)
-            out += [f"{key}/{i}" for i in band.ids]
-    return out
 
 
 async def test_one_mining_step_publishes_a_clean_scored_challenge():
@@ -135,13 +124,20 @@ def test_judge_only_scorers_are_among_the_models_the_challenger_calls():
 
 
 async def test_waiting_for_either_event_leaves_no_task_behind():
-    a, b = asyncio.Event(), asyncio.Event()
+    a, stop = asyncio.Event(), asyncio.Event()
     before = asyncio.all_tasks()
-    waiter = asyncio.create_task(_wait_either(a, b))
+    waiter = asyncio.create_task(_wait_or_stop(stop, a.wait()))
     await asyncio.sleep(0.01)
     assert len(asyncio.all_tasks() - before) == 3  # the waiter and its two event waits
-    b.set()
+    stop.set()
     await waiter
+    assert asyncio.all_tasks() - before == set()
+    # The awaited side finishing first ends it too; a stop already set starts nothing.
+    waiter = asyncio.create_task(_wait_or_stop(asyncio.Event(), a.wait()))
+    await asyncio.sleep(0.01)
+    a.set()
+    await waiter
+    await _wait_or_stop(stop, asyncio.sleep(3600))
     assert asyncio.all_tasks() - before == set()
 
 

@@ -10,8 +10,8 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from tests.helpers import arena_settings
 from warriorcoder.arena.quality import parse_score, quality_messages
-from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Challenge
+from warriorcoder.proto import subjects, topology
+from warriorcoder.proto.messages import Challenge, Judgement
 from warriorcoder.runtime.ask import ask
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stage import Consumes, Stage, no_models
@@ -29,6 +29,17 @@ def test_every_registered_stage_loads_with_its_name():
         assert set(stage.models(s)) <= set(s.models)
     assert load("aggregator").models(s) == []
     assert load("judge").models(s) == s.judge_pool
+
+
+def test_consuming_stages_read_the_streams_the_topology_declares():
+    consuming = {n: load(n).consumes for n in STAGES if load(n).consumes is not None}
+    assert set(consuming) == {c.stage for c in topology.CONSUMERS}
+    for name, c in consuming.items():
+        assert c is not None
+        assert (c.stream, c.durable) == (topology.consumer(name).stream, name)
+    assert Consumes.declared("aggregator", Judgement, max_ack_pending=1).max_ack_pending == 1
+    with pytest.raises(KeyError):
+        Consumes.declared("challenger", Challenge)  # produces, consumes nothing
 
 
 def test_a_stage_declares_either_a_stream_and_setup_or_its_own_loop():

@@ -48,7 +48,7 @@ from warriorcoder.launcher.processes import (
     service_argv,
     triton_argv,
 )
-from warriorcoder.testing.scripted_server import triton_env
+from warriorcoder.localmodels.pytriton import triton_env
 
 __all__ = [
     "Child",

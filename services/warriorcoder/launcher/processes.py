@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warriorcoder.launcher.groups import group_members, signal_group
-from warriorcoder.testing.scripted_server import triton_env
+from warriorcoder.localmodels.pytriton import triton_env
 
 __all__ = [
     "HF_SERVER",

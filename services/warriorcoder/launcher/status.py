@@ -33,7 +33,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from warriorcoder.data.bradley_terry import Row, leaderboard
 from warriorcoder.data.votes import votes_from_samples
-from warriorcoder.proto import subjects
+from warriorcoder.proto import subjects, topology
 from warriorcoder.proto.messages import decode
 from warriorcoder.proto.state import Ratings
 from warriorcoder.runtime.bus import Bus, connect
@@ -44,11 +44,8 @@ from warriorcoder.runtime.stores import Budget, RejectionStats
 __all__ = ["NATS_DOWN", "STAGES", "Snapshot", "StatusReader", "count_samples"]
 
 # stage -> the work stream it consumes
-STAGES = {
-    "responder": subjects.STREAM_CHALLENGES,
-    "judge": subjects.STREAM_BATTLES,
-    "aggregator": subjects.STREAM_JUDGEMENTS,
-}
+# stage -> the work stream it consumes
+STAGES = {c.stage: c.stream for c in topology.CONSUMERS}
 _MISSING = (BucketNotFoundError, NotFoundError, KeyNotFoundError)
 # What a call raises while nats-server is down or restarting (JetStream not ready yet included).
 NATS_DOWN: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)

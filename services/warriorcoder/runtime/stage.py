@@ -42,11 +42,13 @@ challenger) declares ``consumes=None`` and its own ``run(deps, stop)`` loop.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from warriorcoder.proto import topology
 from warriorcoder.runtime.bus import Bus
 from warriorcoder.runtime.ports import Buckets, Inference, Publisher
 from warriorcoder.runtime.roster import Roster
@@ -96,6 +98,15 @@ class Consumes(Generic[T]):
     # Messages delivered and not yet settled across all replicas (None: the bus's default);
     # 1 makes the stage one ordered writer.
     max_ack_pending: int | None = None
+
+    @classmethod
+    def declared(
+        cls, stage: str, type_: builtins.type[T], *, max_ack_pending: int | None = None
+    ) -> Consumes[T]:
+        """The stream and durable the topology declares for ``stage``
+        (``warriorcoder.proto.topology.CONSUMERS``), consumed as ``type_``."""
+        c = topology.consumer(stage)
+        return cls(c.stream, c.durable, type_, max_ack_pending=max_ack_pending)
 
 
 @dataclass(frozen=True, slots=True)

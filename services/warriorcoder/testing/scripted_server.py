@@ -39,9 +39,6 @@ from warriorcoder.localmodels.pytriton import (
     server_arguments,
     triton_config,
 )
-from warriorcoder.localmodels.pytriton import (
-    triton_env as triton_env,  # re-exported until the launcher imports it from localmodels
-)
 from warriorcoder.runtime.vllm import Completion, Returns, encode_outputs, parse_request
 from warriorcoder.testing.scripted import (
     ScriptedModel,

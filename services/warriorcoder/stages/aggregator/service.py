@@ -25,6 +25,7 @@ from warriorcoder.arena.invariants import check_judgement
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Judgement
 from warriorcoder.runtime import metrics
+from warriorcoder.runtime.bus import retrying
 from warriorcoder.runtime.ports import Publisher
 from warriorcoder.runtime.settings import ArenaSettings, ScoringSettings
 from warriorcoder.runtime.shards import ShardWriter
@@ -113,9 +114,13 @@ async def setup(deps: Deps) -> AsyncIterator[Handler[Judgement]]:
 
 async def _judgements_pending(deps: Deps) -> bool:
     """Whether a judgement is delivered but not settled (the consumer missing: none is)."""
+    c = STAGE.consumes
+    assert c is not None
     try:
-        info = await deps.bus.js.consumer_info(
-            subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR
+        info = await retrying(
+            "consumer_info",
+            lambda: deps.bus.js.consumer_info(c.stream, c.durable),
+            budget_s=deps.settings.nats.unavailable_retry_s,
         )
     except NotFoundError:
         return False
@@ -127,9 +132,7 @@ STAGE = Stage(
     # One ordered writer: JetStream delivers a judgement only when every one delivered before is
     # settled, across all replicas, so at most one battle is applied but unacknowledged: the one
     # the ratings document records (see ratings.py).
-    consumes=Consumes(
-        subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR, Judgement, max_ack_pending=1
-    ),
+    consumes=Consumes.declared("aggregator", Judgement, max_ack_pending=1),
     models=no_models,  # the aggregator calls no model
     setup=setup,
 )

@@ -285,7 +285,7 @@ async def run(deps: Deps, stop: asyncio.Event) -> None:
     async def worker() -> None:
         failures = 0
         while not stop.is_set():
-            await _wait_either(gate.open, stop)
+            await _wait_or_stop(stop, gate.open.wait())
             if stop.is_set():
                 return
             if not gate.open.is_set():
@@ -337,18 +337,6 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _wait_either(a: asyncio.Event, b: asyncio.Event) -> None:
-    if a.is_set() or b.is_set():
-        return
-    waiters = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waiters:
-            task.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-
 def _down_model(inference: Inference, exc: BaseException) -> str | None:
     """The model whose outage ``exc`` reports, while it is still down; else None."""
     if isinstance(exc, InferenceError) and not inference.available(exc.model):
@@ -356,8 +344,11 @@ def _down_model(inference: Inference, exc: BaseException) -> str | None:
     return None
 
 
-async def _wait_or_stop(stop: asyncio.Event, waiting: Coroutine[Any, Any, None]) -> None:
+async def _wait_or_stop(stop: asyncio.Event, waiting: Coroutine[Any, Any, Any]) -> None:
     """Await ``waiting`` until it returns or ``stop`` is set; no task outlives the call."""
+    if stop.is_set():
+        waiting.close()  # never started: nothing to wait for
+        return
     tasks = {asyncio.create_task(waiting), asyncio.create_task(stop.wait())}
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

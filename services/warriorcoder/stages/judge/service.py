@@ -119,7 +119,7 @@ def _judge_pool(s: ArenaSettings) -> list[str]:
 
 STAGE = Stage(
     name="judge",
-    consumes=Consumes(subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE, Battle),
+    consumes=Consumes.declared("judge", Battle),
     models=_judge_pool,
     setup=setup,
 )

@@ -82,7 +82,7 @@ def _competitors(s: ArenaSettings) -> list[str]:
 
 STAGE = Stage(
     name="responder",
-    consumes=Consumes(subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER, Challenge),
+    consumes=Consumes.declared("responder", Challenge),
     models=_competitors,
     setup=setup,
 )
