@@ -18,7 +18,8 @@ The models file lists one Triton model per entry::
 ``batch_wait_ms`` (default 5) is how long a batch waits for more requests.
 
 Each model has exactly the tensors and request semantics of the Triton vLLM backend's contract
-(``warriorcoder.runtime.vllm``, as the scripted server): ``text_input`` (raw text: chat templates
+(``warriorcoder.runtime.vllm``, which follows triton-inference-server/vllm_backend r24.12 to
+r26.01; the same as the scripted server): ``text_input`` (raw text: chat templates
 are applied client-side, never here; tokenized with special tokens, as vLLM does), ``stream``,
 ``sampling_parameters`` (JSON, validated as vLLM does; guided choice as the JSON string
 ``{"choice": [...]}`` under ``guided_decoding`` or ``structured_outputs``),

@@ -8,7 +8,8 @@ Usage::
 
 Each scripted model becomes a decoupled Triton model of the same name, bound and served by
 ``warriorcoder.localmodels.pytriton`` (start it with ``env=triton_env()``; SIGTERM or SIGINT stops
-Triton cleanly), with the tensors and request semantics of ``warriorcoder.runtime.vllm``:
+Triton cleanly), with the tensors and request semantics of ``warriorcoder.runtime.vllm`` (which
+follows triton-inference-server/vllm_backend, release branches r24.12 to r26.01):
 sampling_parameters is a JSON object (falling back to the request's parameters) whose guided
 choice is a JSON string, ``exclude_input_in_output`` absent means the prompt is prepended unless
 streaming, ``stream`` sends the text as several deltas, ``return_finish_reason`` and
