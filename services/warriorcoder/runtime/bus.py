@@ -135,6 +135,7 @@ async def retrying(op: str, call: Callable[[], Awaitable[T]], *, budget_s: float
         try:
             return await call()
         except Exception as exc:
+            _raise_if_cancelled(exc)
             if not unavailable(exc):
                 raise
             if time.monotonic() + delay > deadline:
@@ -505,11 +506,13 @@ class Bus:
             try:
                 info = await sub.consumer_info()
             except Exception as exc:  # NATS reconnecting: try again next time
+                _raise_if_cancelled(exc)
                 log.debug("consumer lag unavailable: %s", exc, extra={"stream": stream})
             else:
                 metrics.BACKLOG.labels(stream=stream).set(
                     int(info.num_pending or 0) + int(info.num_ack_pending or 0)
                 )
+            _raise_if_cancelled()
             await asyncio.sleep(every_s)
 
     async def _handle(
@@ -581,6 +584,15 @@ class Bus:
                 await msg.in_progress()
             except Exception as exc:  # NATS reconnecting: the next beat may get through
                 log.debug("heartbeat failed: %s", exc, extra={"stage": self.stage})
+
+
+def _raise_if_cancelled(exc: Exception | None = None) -> None:
+    """nats.py can swallow a cancellation that lands inside a request (turning it into a
+    TimeoutError, or into nothing): when this task is being cancelled, end it instead of taking
+    the error for an outage and going on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 async def _cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
