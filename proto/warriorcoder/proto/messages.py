@@ -25,9 +25,12 @@ __all__ = [
     "Answer",
     "Battle",
     "Challenge",
+    "ChallengeTests",
     "DeadLetter",
+    "Execution",
     "Judgement",
     "Message",
+    "RunResult",
     "Sample",
     "SamplingParams",
     "ScoreCard",
@@ -103,14 +106,68 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
         return self.finish_reason == "length"
 
 
+class ChallengeTests(msgspec.Struct, frozen=True, kw_only=True):
+    """Unit tests for a challenge, written by a model that fights in neither corner.
+
+    ``code`` is one test module (pytest functions for Python) that imports the answer's code as
+    ``from solution import *``; ``tests`` names its test functions. ``usable`` is False when the
+    writer gave no parseable tests after its re-ask: the battle goes on, unverified.
+    """
+
+    writer: ModelName
+    language: str
+    framework: Literal["pytest"] = "pytest"
+    code: str
+    tests: list[str]
+    usable: bool
+    asked: Annotated[int, Meta(ge=1)]  # LLM calls made, re-ask included
+    sampling: SamplingParams | None = None
+
+
+RunStatus = Literal["ran", "no_code", "timeout", "sandbox_error"]
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One answer's code run against the challenge's tests in the sandbox.
+
+    ``status``: "ran" (the test run finished; counts are meaningful), "no_code" (no code block
+    in the answer), "timeout" (killed at the wall or CPU limit), "sandbox_error" (the sandbox
+    itself failed: not the answer's fault, never counted against it). ``stdout``/``stderr`` are
+    cut at the sandbox's output limit (``output_truncated``).
+    """
+
+    status: RunStatus
+    passed: Annotated[int, Meta(ge=0)] = 0
+    failed: Annotated[int, Meta(ge=0)] = 0
+    errored: Annotated[int, Meta(ge=0)] = 0  # collection or fixture errors, tests not run
+    total: Annotated[int, Meta(ge=0)] = 0
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    wall_s: Annotated[float, Meta(ge=0)] = 0.0
+    cpu_s: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
+    """Both answers run against the challenge's tests, by the verifier."""
+
+    attacker: RunResult
+    defender: RunResult
+    sandbox: str  # the isolation used, e.g. "bubblewrap 0.8.0"
+    verified_at: Timestamp
+
+
 class Battle(_Base, tag="warriorcoder.v1.battle", frozen=True, kw_only=True):
-    """A challenge with both answers."""
+    """A challenge with both answers (and, with the verifier on, its tests and their results)."""
 
     id: MessageId
     challenge: Challenge
     attacker_answer: Answer
     defender_answer: Answer
     answered_at: Timestamp
+    tests: ChallengeTests | None = None  # written by an uninvolved model (verifier on)
+    execution: Execution | None = None  # set by the verifier
 
 
 Verdict = Literal["A", "B", "tie", "invalid"]
@@ -183,6 +240,12 @@ class Sample(_Base, tag="warriorcoder.v1.sample", frozen=True, kw_only=True):
     # The battle's place in the arena's rating history (the ratings document's ``battles`` after
     # it was applied): votes replayed in this order give the live Elo ratings exactly.
     rating_seq: Annotated[int, Meta(ge=1)] | None = None
+    # Execution evidence (verifier on): the tests, both runs, and whether the preference is
+    # backed by them (the chosen answer passed strictly more tests than the rejected one).
+    tests: ChallengeTests | None = None
+    execution: Execution | None = None
+    test_backed: bool = False
+    decided_by: Literal["votes", "execution"] = "votes"  # execution: it broke a tie
 
 
 class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=True):

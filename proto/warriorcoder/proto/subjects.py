@@ -18,6 +18,7 @@ from typing import Final
 PREFIX: Final = "warriorcoder.v1"
 
 CHALLENGES: Final = f"{PREFIX}.challenges"
+ANSWERED: Final = f"{PREFIX}.answered"  # battles to verify (verifier on): responder -> verifier
 BATTLES: Final = f"{PREFIX}.battles"
 JUDGEMENTS: Final = f"{PREFIX}.judgements"
 SAMPLES: Final = f"{PREFIX}.samples"
@@ -31,6 +32,7 @@ def dlq(stage: str) -> str:
 
 
 STREAM_CHALLENGES: Final = "WARRIORCODER_V1_CHALLENGES"
+STREAM_ANSWERED: Final = "WARRIORCODER_V1_ANSWERED"
 STREAM_BATTLES: Final = "WARRIORCODER_V1_BATTLES"
 STREAM_JUDGEMENTS: Final = "WARRIORCODER_V1_JUDGEMENTS"
 STREAM_SAMPLES: Final = "WARRIORCODER_V1_SAMPLES"
@@ -39,6 +41,7 @@ STREAM_EMBEDDINGS: Final = "WARRIORCODER_V1_EMBEDDINGS"
 
 # Durable consumers: the stage that consumes each work stream.
 CONSUMER_RESPONDER: Final = "responder"
+CONSUMER_VERIFIER: Final = "verifier"
 CONSUMER_JUDGE: Final = "judge"
 CONSUMER_AGGREGATOR: Final = "aggregator"
 

@@ -103,10 +103,17 @@ STREAMS: tuple[Stream, ...] = (
         dedup_window=True,
     ),
     Stream(
+        subjects.STREAM_ANSWERED,
+        (subjects.ANSWERED,),
+        "workqueue",
+        "Answered challenges with their tests, responder -> verifier (when the verifier is on)",
+        dedup_window=True,
+    ),
+    Stream(
         subjects.STREAM_BATTLES,
         (subjects.BATTLES,),
         "workqueue",
-        "Challenges with both answers, responder -> judge",
+        "Challenges with both answers (and execution results), responder or verifier -> judge",
         dedup_window=True,
     ),
     Stream(
@@ -141,6 +148,7 @@ STREAMS: tuple[Stream, ...] = (
 
 CONSUMERS: tuple[Consumer, ...] = (
     Consumer(subjects.CONSUMER_RESPONDER, subjects.STREAM_CHALLENGES),
+    Consumer(subjects.CONSUMER_VERIFIER, subjects.STREAM_ANSWERED),
     Consumer(subjects.CONSUMER_JUDGE, subjects.STREAM_BATTLES),
     Consumer(subjects.CONSUMER_AGGREGATOR, subjects.STREAM_JUDGEMENTS),
 )

@@ -14,7 +14,7 @@ the prompt text *with* special tokens (Triton's vLLM backend passes ``text_input
 put a second one before the template's own. Unless the model says its tokenizer adds none
 (``tokenizer_adds_bos: false``), the template's leading BOS is therefore left out of everything
 it renders (``render``, ``conversation``, ``magpie_prefix``); the model then sees exactly one BOS.
-The sampling of the response, judge and quality roles comes from ``settings.sampling``; mining
+The sampling of the response, judge, quality and tests roles comes from ``settings.sampling``; mining
 samples a temperature x top-p grid and stays with the challenger.
 """
 
@@ -30,8 +30,8 @@ from warriorcoder.runtime.templates import ChatTemplate
 
 __all__ = ["ROLES", "Roster", "RosterModel", "SamplingRole", "backend_template"]
 
-SamplingRole = Literal["response", "judge", "quality"]
-ROLES: tuple[SamplingRole, ...] = ("response", "judge", "quality")
+SamplingRole = Literal["response", "judge", "quality", "tests"]
+ROLES: tuple[SamplingRole, ...] = ("response", "judge", "quality", "tests")
 
 
 @dataclass(frozen=True, slots=True)

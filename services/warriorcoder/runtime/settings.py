@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DecontaminationSettings",
     "DiversitySettings",
+    "ExecutionScoring",
     "JudgeSettings",
     "LocalModelSettings",
     "ModelSettings",
@@ -38,10 +39,12 @@ __all__ = [
     "NearDupSettings",
     "QualitySettings",
     "RoleSampling",
+    "SandboxSettings",
     "SamplingSettings",
     "ScoringSettings",
     "Secret",
     "ServiceSettings",
+    "VerifierSettings",
     "apply_env_overrides",
     "load_settings",
     "parse_settings",
@@ -248,11 +251,16 @@ def _judge_sampling() -> RoleSampling:
     return RoleSampling(temperature=1.0, top_p=0.995, max_tokens=2048)
 
 
+def _tests_sampling() -> RoleSampling:
+    return RoleSampling(temperature=0.2, top_p=0.95, max_tokens=2048)
+
+
 class SamplingSettings(_Config, frozen=True, kw_only=True):
     challenge: ChallengeSampling = msgspec.field(default_factory=ChallengeSampling)
     quality: RoleSampling = msgspec.field(default_factory=_quality_sampling)
     response: RoleSampling = msgspec.field(default_factory=_response_sampling)
     judge: RoleSampling = msgspec.field(default_factory=_judge_sampling)
+    tests: RoleSampling = msgspec.field(default_factory=_tests_sampling)  # the verifier's tests
 
 
 class NearDupSettings(_Config, frozen=True, kw_only=True):
@@ -312,6 +320,47 @@ class ChallengerSettings(_Config, frozen=True, kw_only=True):
 class JudgeSettings(_Config, frozen=True, kw_only=True):
     position_mode: Literal["both", "alternate"] = "both"
     max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
+    # With the verifier on: show the judges each answer's execution summary in the prompt.
+    show_execution: bool = True
+
+
+class SandboxSettings(_Config, frozen=True, kw_only=True):
+    """Limits of one sandboxed test run (every answer runs in a fresh sandbox)."""
+
+    tool: Literal["bubblewrap"] = "bubblewrap"
+    timeout_s: PositiveFloat = 20.0  # wall clock, the whole process tree killed past it
+    cpu_s: PositiveInt = 10  # CPU seconds (RLIMIT_CPU)
+    memory_mb: PositiveInt = 1024  # address space (RLIMIT_AS)
+    max_processes: PositiveInt = 64  # processes and threads of the sandbox user (RLIMIT_NPROC)
+    max_output_bytes: PositiveInt = 16 * 1024  # stdout and stderr each, kept in the result
+    scratch_mb: PositiveInt = 64  # the writable scratch directory (tmpfs)
+    # When the verifier runs as root, the sandboxed code runs as this unprivileged uid (plus
+    # the run's slot), so the process limit counts only sandboxed processes.
+    uid: Annotated[int, Meta(ge=1)] = 60000
+
+
+class VerifierSettings(_Config, frozen=True, kw_only=True):
+    """Execution-checked battles: an uninvolved model writes tests, the verifier runs both
+    answers against them in a sandbox, judges and the aggregator see the results."""
+
+    enabled: bool = False
+    # Who writes a battle's tests: the uninvolved judges in turn (empty), or these models
+    # (each battle takes the first one in turn that fights in neither corner).
+    test_writers: list[Name] = []
+    max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
+    concurrency: PositiveInt = 2  # sandboxes run at once per replica (CPU-bound: ~cores)
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+
+
+class ExecutionScoring(_Config, frozen=True, kw_only=True):
+    """How execution results fold into the decision (PAPER.md's scoring is unchanged at 0)."""
+
+    # tiebreak: when the final scores tie, the answer that passed strictly more tests wins;
+    # off: results are recorded, never decide.
+    rule: Literal["tiebreak", "off"] = "tiebreak"
+    # Weight of the execution outcome in the local score: x' = (1 - w) x + w x_exec, where
+    # x_exec is 1, 0 or 0.5 as the attacker passed more, fewer or as many tests.
+    weight: Annotated[float, Meta(ge=0, le=1)] = 0.0
 
 
 class ScoringSettings(_Config, frozen=True, kw_only=True):
@@ -320,6 +369,7 @@ class ScoringSettings(_Config, frozen=True, kw_only=True):
     base: Annotated[float, Meta(gt=1)] = 10.0
     alpha: Annotated[float, Meta(ge=0, le=1)] = 0.7
     initial_rating: float = 1000.0
+    execution: ExecutionScoring = msgspec.field(default_factory=ExecutionScoring)
     # Deprecated, ignored: the aggregators are one ordered writer and recognise a redelivery
     # without a window of remembered battles. Still accepted so older config files load.
     idempotency_window: int | None = None
@@ -344,6 +394,7 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
     sampling: SamplingSettings = msgspec.field(default_factory=SamplingSettings)
     challenger: ChallengerSettings = msgspec.field(default_factory=ChallengerSettings)
     judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
+    verifier: VerifierSettings = msgspec.field(default_factory=VerifierSettings)
     scoring: ScoringSettings = msgspec.field(default_factory=ScoringSettings)
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     service: ServiceSettings = msgspec.field(default_factory=ServiceSettings)
@@ -367,12 +418,19 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
         """The uninvolved judges of a battle: never a model that fights in it."""
         return [m for m in self.judge_pool if m not in (attacker, defender)]
 
+    def test_writers_for(self, attacker: str, defender: str) -> list[str]:
+        """Who may write a battle's tests: the configured writers, else the judge pool; never a
+        model that fights in it."""
+        pool = list(self.verifier.test_writers) or self.judge_pool
+        return [m for m in pool if m not in (attacker, defender)]
+
     def validate(self) -> None:
         """Cross-field checks msgspec cannot express; raises ConfigError naming the key."""
         lists = {
             "competitors": self.competitors,
             "judges": self.judges,
             "challenger.quality.scorers": self.challenger.quality.scorers,
+            "verifier.test_writers": self.verifier.test_writers,
         }
         for key, names in lists.items():
             for i, name in enumerate(names):
@@ -393,6 +451,16 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
             raise ConfigError(
                 "`$.challenger.quality.scorers`: every attacker needs a quality scorer other than "
                 "itself"
+            )
+        if self.verifier.enabled and any(
+            not self.test_writers_for(a, d)
+            for a in self.competitors
+            for d in self.competitors
+            if a != d
+        ):
+            raise ConfigError(
+                "`$.verifier.test_writers`: every battle needs a test writer that fights in "
+                "neither corner: list at least three models, or leave it empty for the judges"
             )
         if self.challenger.low_water >= self.challenger.high_water:
             raise ConfigError("`$.challenger.low_water` must be below `$.challenger.high_water`")
