@@ -44,6 +44,7 @@ import yaml
 __all__ = [
     "CHART",
     "K8S_DIR",
+    "MODEL_SERVICES",
     "NATS_VALUES",
     "PERMISSIONS",
     "ROOT",
@@ -67,7 +68,9 @@ PERMISSIONS = CHART / "files" / "nats-permissions.yaml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 NATS_VALUES = ROOT / "deploy" / "nats" / "values.yaml"
 
-SERVICES = ("challenger", "responder", "judge", "aggregator")
+SERVICES = ("challenger", "responder", "verifier", "judge", "aggregator")
+# The services that call models (Triton); the verifier reaches only NATS.
+MODEL_SERVICES = ("challenger", "responder", "judge", "aggregator")
 RELEASE = "warriorcoder"
 NAMESPACE = "warriorcoder"
 KUBE_VERSION = "1.35.0"  # the kubectl of the layer; schemas are validated against the same

@@ -63,6 +63,17 @@ def secured_arena(
 ) -> Iterator[SecuredArena]:
     """The four services, each with its chart user and pod environment, against a nats-server
     that enforces the chart's permissions; started once, with samples already written."""
+    from warriorcoder.runtime.settings import SandboxSettings
+    from warriorcoder.sandbox import SandboxUnavailable, probe
+
+    try:
+        probe(SandboxSettings())
+    except SandboxUnavailable as exc:
+        pytest.fail(
+            f"the secured arena runs the verifier, whose sandbox cannot run here: {exc} "
+            "(Debian: apt-get install -y --no-install-recommends bubblewrap)",
+            pytrace=False,
+        )
     root = tmp_path_factory.mktemp("secured-arena")
     fullname = "warriorcoder"
     deployments = {

@@ -42,7 +42,7 @@ from warriorcoder.launcher.processes import (
     start_service,
     wait_ready,
 )
-from warriorcoder.runtime.settings import DiversitySettings
+from warriorcoder.runtime.settings import DiversitySettings, VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -162,8 +162,8 @@ spawn = spawn_process  # the deploy checks start Prometheus the same way
 
 @dataclass
 class SecuredArena:
-    """NATS with per-service users, a scripted Triton and the four services, each connecting
-    with the user and environment the chart gives its pod."""
+    """NATS with per-service users, a scripted Triton and the five services (the verifier on),
+    each connecting with the user and environment the chart gives its pod."""
 
     root: Path
     passwords: dict[str, str]
@@ -245,6 +245,9 @@ def start_secured_arena(root: Path, deployments: Mapping[str, dict[str, Any]]) -
                 scripted.challenger,
                 diversity=DiversitySettings(enabled=True, max_similarity=0.99),
             ),
+            # The verifier's stream, consumer and user too (and its metrics on the dashboard):
+            # battles go responder -> answered -> verifier -> battles.
+            verifier=VerifierSettings(enabled=True),
         )
         config_path = root / "arena.yaml"
         write_settings(config_path, settings)

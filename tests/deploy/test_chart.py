@@ -22,6 +22,7 @@ from tests.deploy.helpers import (
     VALUE_SETS,
     Rendered,
     named,
+    objects,
     of_kind,
     pod_spec,
     render,
@@ -325,7 +326,8 @@ def test_network_policies_allow_only_nats_triton_dns_out_and_prometheus_in(
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     selects = spec["podSelector"]["matchExpressions"][0]
     assert selects["key"] == "app.kubernetes.io/component"
-    assert sorted(selects["values"]) == sorted(render.SERVICES)
+    # The services that call models; the verifier has its own, narrower policy (below).
+    assert sorted(selects["values"]) == sorted(render.MODEL_SERVICES)
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}]
     (peer,) = ingress["from"]
@@ -398,3 +400,93 @@ def test_every_value_is_documented() -> None:
         assert not _documented(lines), f"{name}: undocumented keys:\n" + "\n".join(
             _documented(lines)
         )
+
+
+# -- the verifier ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["default", "everything"])
+def test_the_verifier_may_reach_only_nats_and_dns(rendered: Rendered, values: str) -> None:
+    """The pod that runs untrusted code: egress to NATS (and DNS to find it), nothing else; only
+    Prometheus in; and no other policy selects it (NetworkPolicies add up)."""
+    objs = rendered[values]
+    spec = named(objs, "NetworkPolicy", "warriorcoder-verifier")["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "verifier"
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert [p["podSelector"]["matchLabels"] for p in ingress["from"]] == [
+        {"app.kubernetes.io/name": "prometheus"}
+    ]
+    nats, dns = spec["egress"]
+    assert [p["podSelector"]["matchLabels"] for p in nats["to"]] == [
+        {"app.kubernetes.io/name": "nats"}
+    ]
+    assert nats["ports"] == [{"port": 4222, "protocol": "TCP"}]
+    assert [p["podSelector"]["matchLabels"] for p in dns["to"]] == [{"k8s-app": "kube-dns"}]
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]
+    pod = named(objs, "Deployment", "warriorcoder-verifier")["spec"]["template"]["metadata"]
+    for policy in of_kind(objs, "NetworkPolicy"):
+        if policy["metadata"]["name"] == "warriorcoder-verifier":
+            continue
+        selector = policy["spec"]["podSelector"]
+        labels = pod["labels"]
+        matches = selector.get("matchLabels", {}).items() <= labels.items() and all(
+            labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])
+        )
+        assert not matches, policy["metadata"]["name"]
+
+
+def test_the_verifier_runs_where_the_values_say_with_the_gvisor_option(rendered: Rendered) -> None:
+    """`services.verifier.runtimeClassName` sets the verifier pods' RuntimeClass (gVisor in
+    production), no other pod's; the default is the cluster's runtime."""
+    for values, expected in (("default", None), ("production", "gvisor"), ("everything", "gvisor")):
+        objs = rendered[values]
+        for dep in of_kind(objs, "Deployment"):
+            component = dep["metadata"]["labels"]["app.kubernetes.io/component"]
+            runtime = pod_spec(dep).get("runtimeClassName")
+            assert runtime == (expected if component == "verifier" else None), (values, component)
+        (c,) = pod_spec(named(objs, "Deployment", "warriorcoder-verifier"))["containers"]
+        assert c["args"][0] == "verifier"
+    # It calls no model: the chart's Triton servers take gRPC only from the model callers.
+    triton = named(rendered["everything"], "NetworkPolicy", "warriorcoder-triton")["spec"]
+    grpc = next(r for r in triton["ingress"] if r["ports"] == [{"port": 8001, "protocol": "TCP"}])
+    (callers,) = grpc["from"]
+    (expr,) = callers["podSelector"]["matchExpressions"]
+    assert sorted(expr["values"]) == sorted(render.MODEL_SERVICES)
+
+
+@pytest.mark.parametrize("values", SETS)
+def test_the_arena_config_verifies_exactly_when_the_verifier_is_deployed(
+    rendered: Rendered, values: str
+) -> None:
+    objs = rendered[values]
+    deployed = any(
+        d["metadata"]["name"] == "warriorcoder-verifier" for d in of_kind(objs, "Deployment")
+    )
+    assert deployed
+    assert _arena_config(objs)["verifier"]["enabled"] is True
+
+
+def test_without_the_verifier_the_responders_publish_to_the_judges(tools: Any) -> None:
+    objs = objects(render.helm_template(tools, sets=["services.verifier.enabled=false"]))
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert not {n for n in names if n[1] == "warriorcoder-verifier"}, names
+    assert _arena_config(objs)["verifier"]["enabled"] is False
+    assert ("Deployment", "warriorcoder-responder") in names
+    # The config cannot contradict the Deployment.
+    proc = run_tool(
+        tools.helm, "template", "w", render.CHART, "--set", "arena.verifier.enabled=false"
+    )
+    assert proc.returncode != 0
+    assert "set services.verifier.enabled" in proc.stderr, proc.stderr
+
+
+def test_the_verifier_can_scale_on_the_answered_stream(rendered: Rendered) -> None:
+    so = named(rendered["production"], "ScaledObject", "warriorcoder-verifier")
+    (trigger,) = so["spec"]["triggers"]
+    assert (trigger["metadata"]["stream"], trigger["metadata"]["consumer"]) == (
+        "WARRIORCODER_V1_ANSWERED",
+        "verifier",
+    )
+    assert so["spec"]["minReplicaCount"] >= 1

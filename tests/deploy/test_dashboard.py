@@ -1,8 +1,9 @@
 """The Grafana dashboard: its queries name real metrics and each returns data from a real arena.
 
-A real Prometheus (the Debian package) scrapes the four services and Triton of the secured arena
-every second; every query of files/dashboards/warriorcoder-arena.json, with Grafana's
-``$__rate_interval`` replaced by 30s, must return a non-empty result. An undecodable battle is
+A real Prometheus (the Debian package) scrapes the five services (the verifier on, so the
+execution panels have data) and Triton of the secured arena every second; every query of
+files/dashboards/warriorcoder-arena.json, with Grafana's ``$__rate_interval`` replaced by 30s,
+must return a non-empty result. An undecodable battle is
 injected so that the dead-letter panels have data; the garbler judge gives invalid votes.
 """
 
@@ -79,6 +80,31 @@ def test_dashboard_is_a_grafana_dashboard_with_the_issue_s_panels() -> None:
         "nv_inference_queue_duration_us",
     ):
         assert needle in exprs, needle
+
+
+def test_dashboard_shows_the_verifier_s_pass_rates_throughput_and_latency() -> None:
+    joined = " ".join(expr for _, _, expr in QUERIES)
+    for needle in (
+        "sum by (model) (rate(warriorcoder_verifier_tests_passed_total[$__rate_interval])) / "
+        "sum by (model) (rate(warriorcoder_verifier_tests_total[$__rate_interval]))",
+        "sum by (outcome) (rate(warriorcoder_verifier_runs_total",
+        "sum by (result) (rate(warriorcoder_verifier_battles_total",
+        "histogram_quantile(0.99, sum by (le) (rate(warriorcoder_verifier_sandbox_seconds_bucket",
+        'warriorcoder_published_total{subject="warriorcoder.v1.answered"}',
+    ):
+        assert needle in joined, needle
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Execution checks (verifier)" in rows
+    # No two panels overlap on the grid (the new row shifted the ones below it).
+    cells = set()
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & mine, p["title"]
+        cells |= mine
 
 
 def test_every_query_uses_metrics_that_exist() -> None:

@@ -68,3 +68,21 @@ def test_dockerignore_sends_only_the_package_sources() -> None:
     assert DOCKERIGNORE[[line.strip() for line in DOCKERIGNORE].index("**")] == "**"
     allowed = {line[1:] for line in DOCKERIGNORE if line.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "constraints.txt", "proto/**", "services/**"}
+
+
+def test_the_verifier_s_sandbox_tool_is_built_in_and_its_tests_runner_installed() -> None:
+    """bubblewrap is installed in the builder (Debian's package) and only the files that install
+    added reach the runtime stage, which runs no package manager; pytest, which runs the
+    model-written tests inside the sandbox, is a runtime dependency of the wheel."""
+    import tomllib
+
+    builder = " ".join(i for i in _stages()["builder"] if i.startswith("RUN"))
+    assert "apt-get install -y -qq --no-install-recommends bubblewrap" in builder
+    assert "/usr/bin/bwrap --version" in builder
+    runtime = _stages()["runtime"]
+    assert "COPY --from=builder /opt/bwrap/ /" in runtime
+    assert 'RUN ["bwrap", "--version"]' in runtime
+    # After the venv and before the non-root user: root-owned, not writable by the services.
+    assert runtime.index("COPY --from=builder /opt/bwrap/ /") < runtime.index("USER 10001:10001")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.split("=")[0].strip() == "pytest" for d in deps), deps

@@ -1,9 +1,10 @@
 """The chart's NATS permissions against a real nats-server: enough for the services, no more.
 
 The server is configured from charts/warriorcoder/files/nats-permissions.yaml (the source of
-deploy/nats/values.yaml too) and the four real services run against it, each with the user and
-environment its chart Deployment gives it (conftest.secured_arena). The allowed path is the whole
-arena producing samples; the denied paths are a service's user trying another's subjects.
+deploy/nats/values.yaml too) and the five real services (the verifier on) run against it, each
+with the user and environment its chart Deployment gives it (conftest.secured_arena). The allowed
+path is the whole arena producing samples; the denied paths are a service's user trying another's
+subjects.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ async def _violation(errors: list[Exception], within_s: float = 3.0) -> str:
 
 
 def test_services_run_with_only_their_own_permissions(secured_arena: SecuredArena) -> None:
-    """The allowed path: all four services start (create the streams, their consumers and KV
+    """The allowed path: all five services start (create the streams, their consumers and KV
     buckets), consume, publish and write samples with their own users, and neither the server
     nor any service logged a permissions violation."""
     assert not secured_arena.dead()
@@ -75,6 +76,7 @@ async def test_durable_consumers_and_buckets_were_created_by_the_services(
         js = nc.jetstream()
         for stream, consumer in (
             (subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER),
+            (subjects.STREAM_ANSWERED, subjects.CONSUMER_VERIFIER),
             (subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE),
             (subjects.STREAM_JUDGEMENTS, subjects.CONSUMER_AGGREGATOR),
         ):
@@ -155,6 +157,25 @@ DENIED = {
     "challenger creates another stream": ("challenger", _publish("$JS.API.STREAM.CREATE.OTHER")),
     "responder writes the ratings": ("responder", _publish(f"$KV.{subjects.KV_RATINGS}.elo")),
     "aggregator writes the dedup index": ("aggregator", _publish(f"$KV.{subjects.KV_DEDUP}.x")),
+    # the verifier runs untrusted code: its user may do nothing but pass battles on
+    "verifier publishes samples": ("verifier", _publish(subjects.SAMPLES)),
+    "verifier publishes judgements": ("verifier", _publish(subjects.JUDGEMENTS)),
+    "verifier publishes answered battles": ("verifier", _publish(subjects.ANSWERED)),
+    "verifier writes the ratings": ("verifier", _publish(f"$KV.{subjects.KV_RATINGS}.elo")),
+    "verifier reads the ratings": (
+        "verifier",
+        _publish(f"$JS.API.DIRECT.GET.KV_{subjects.KV_RATINGS}"),
+    ),
+    "verifier pulls the judge's battles": (
+        "verifier",
+        _publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_BATTLES}.judge"),
+    ),
+    "verifier subscribes to the bus": ("verifier", _subscribe(f"{subjects.PREFIX}.>")),
+    "judge pulls the verifier's answered battles": (
+        "judge",
+        _publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_ANSWERED}.verifier"),
+    ),
+    "judge publishes answered battles": ("judge", _publish(subjects.ANSWERED)),
     # reading the bus directly, bypassing the durable consumers
     "challenger subscribes to the bus": ("challenger", _subscribe(f"{subjects.PREFIX}.>")),
     "judge subscribes to everything": ("judge", _subscribe(">")),

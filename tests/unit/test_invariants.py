@@ -19,7 +19,7 @@ from warriorcoder.arena.invariants import (
 )
 from warriorcoder.arena.verdicts import combine
 from warriorcoder.errors import PoisonError
-from warriorcoder.proto.messages import Challenge, Judgement, Vote, battle_id
+from warriorcoder.proto.messages import Challenge, ChallengeTests, Judgement, Vote, battle_id
 from warriorcoder.runtime.settings import ArenaSettings
 
 # Competitors alpha, beta, gamma; garbler and slow judge only: three uninvolved judges a battle.
@@ -153,6 +153,19 @@ def test_swapped_answers_are_poison():
     b = battle(attacker="alpha", defender="beta")
     swapped = replace(b, attacker_answer=b.defender_answer, defender_answer=b.attacker_answer)
     poison("answer_mismatch", check_battle, swapped)
+
+
+@pytest.mark.parametrize(("writer", "ok"), [("alpha", False), ("beta", False), ("gamma", True)])
+def test_tests_are_written_by_a_model_outside_the_battle(writer: str, ok: bool):
+    b = battle(attacker="alpha", defender="beta")
+    tests = ChallengeTests(
+        writer=writer, language="Python", code="", tests=[], usable=False, asked=1
+    )
+    b = replace(b, tests=tests)
+    if ok:
+        check_battle(b, S)
+    else:
+        poison("tests_by_fighter", check_battle, b)
 
 
 # --- judgements ------------------------------------------------------------------------------

@@ -196,10 +196,38 @@ def test_runtime_does_not_reach_up_into_stages_or_tools():
     assert _offending(_files("warriorcoder.runtime"), banned) == []
 
 
+def test_the_sandbox_is_a_leaf_of_the_runtime():
+    """Untrusted-code execution depends on its settings and the contract only: the verifier stage
+    and the launcher use it, it uses nothing above it (and never the bus or Triton)."""
+    allowed = (
+        "warriorcoder.proto",
+        "warriorcoder.errors",
+        "warriorcoder.runtime.settings",
+        "warriorcoder.sandbox",  # its own modules
+    )
+    bad = [
+        f"{p.relative_to(ROOT)} imports {n}"
+        for p in _files("warriorcoder.sandbox")
+        for n in _imports_of(p)
+        if n.startswith("warriorcoder.")
+        and not any(n == a or n.startswith(a + ".") for a in allowed)
+    ]
+    assert bad == []
+
+
 def test_only_the_cli_reaches_the_stages():
     """Stages are leaves: tools read the arena's state through runtime's stores and shards."""
     bad = []
-    for package in ("runtime", "arena", "data", "launcher", "localmodels", "testing", "proto"):
+    for package in (
+        "runtime",
+        "arena",
+        "data",
+        "launcher",
+        "localmodels",
+        "testing",
+        "proto",
+        "sandbox",
+    ):
         bad += _offending(_files(f"warriorcoder.{package}"), ("warriorcoder.stages",))
     assert bad == []
 
@@ -207,7 +235,7 @@ def test_only_the_cli_reaches_the_stages():
 def test_product_code_does_not_import_test_support():
     """Only the launcher (``up --scripted``) may use the scripted models."""
     bad = []
-    for package in ("runtime", "stages", "arena", "data", "localmodels", "proto"):
+    for package in ("runtime", "stages", "arena", "data", "localmodels", "proto", "sandbox"):
         bad += _offending(_files(f"warriorcoder.{package}"), ("warriorcoder.testing",))
     assert bad == []
 

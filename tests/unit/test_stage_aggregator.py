@@ -217,3 +217,29 @@ async def test_a_document_of_the_previous_version_is_still_read(parts, tmp_path)
     assert doc.recent == [] and doc.recent_seq == [] and doc.battles == 3
     assert doc.last is not None and doc.last.id == other.id
     assert not await store.forget_legacy()  # nothing left to drop: no write
+
+
+async def test_a_judgement_republished_after_a_restart_changes_nothing(tmp_path):
+    """The dataset's ids come from the writer's on-disk index, not a set of this process: a
+    re-published judgement for a battle written before the aggregator restarted is still
+    recognised, whichever battle was applied last."""
+    s = arena_settings()
+    store = RatingsStore(FakeKV(subjects.KV_RATINGS), s.scoring)
+    publisher = FakePublisher()
+    old = judgement(["attacker"], text="Write a Python function that merges two lists.")
+    writer = ShardWriter(tmp_path, max_per_shard=100, flush_every=1000, flush_s=3600)
+    await writer.open()
+    await make_handler(s.scoring, store, writer, publisher)(old)
+    await writer.close()
+
+    writer = ShardWriter(tmp_path, max_per_shard=100)
+    await writer.open()
+    assert writer.caught_up == 0  # flushed at close: nothing rescanned
+    handle = make_handler(s.scoring, store, writer, publisher)
+    await handle(judgement(["defender"], text="Write a Python function that splits a list."))
+    before, _ = await store.read()
+    await handle(judgement(["defender", "defender"], text=old.battle.challenge.instruction))
+    await writer.close()
+    after, _ = await store.read()
+    assert after.ratings == before.ratings and after.battles == before.battles == 2
+    assert [x.id for x in read_samples(tmp_path)].count(old.id) == 1

@@ -28,6 +28,7 @@ def test_every_registered_stage_loads_with_its_name():
         assert (stage.consumes is None) == (stage.run is not None)
         assert set(stage.models(s)) <= set(s.models)
     assert load("aggregator").models(s) == []
+    assert load("verifier").models(s) == []  # CPU only: runs code, calls no model
     assert load("judge").models(s) == s.judge_pool
 
 

@@ -146,3 +146,42 @@ async def test_the_stage_as_the_runner_builds_it_checks_what_it_consumes():
         await handle(battle(attacker="alpha", defender="beta"))
     assert inference.requests and all(r.model == "gamma" for r in inference.requests)
     assert len(publisher.messages(subjects.JUDGEMENTS)) == 1
+
+
+# -- execution results (verifier on) ----------------------------------------------------------
+
+
+def _executed(b: Battle) -> Battle:
+    from warriorcoder.proto.messages import Execution, RunResult
+
+    ex = Execution(
+        attacker=RunResult(status="ran", passed=1, failed=3, total=4, stderr="attacker tail"),
+        defender=RunResult(status="ran", passed=4, total=4, stderr="defender tail"),
+        sandbox="bubblewrap 0.8.0",
+        verified_at=2.5,
+    )
+    return replace(b, execution=ex)
+
+
+async def test_judges_see_each_answers_execution_summary_swapped_with_the_answers():
+    from warriorcoder.arena.prompts import execution_summary, read_execution_results
+
+    b = _executed(battle("weak\nquality=2", "strong\nquality=9", attacker="alpha", defender="beta"))
+    ex = b.execution
+    assert ex is not None
+    j, inference = await judged(arena_settings(), b)
+    assert j.votes[0].winner == "defender"
+    shown = [read_execution_results(r.prompt) for r in inference.calls(model="gamma")]
+    attacker, defender = execution_summary(ex.attacker), execution_summary(ex.defender)
+    # both orders (attacker first, then defender first): each run beside its own answer
+    assert shown == [(attacker, defender), (defender, attacker)]
+
+
+async def test_the_off_switch_keeps_execution_out_of_the_judge_prompt():
+    from warriorcoder.arena.prompts import EXECUTION_HEADING
+
+    s = arena_settings(judge={"show_execution": False})
+    b = _executed(battle(attacker="alpha", defender="beta"))
+    j, inference = await judged(s, b)
+    assert j.battle.execution == b.execution  # still passed on to the aggregator
+    assert inference.requests and all(EXECUTION_HEADING not in r.prompt for r in inference.requests)

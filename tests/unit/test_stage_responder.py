@@ -1,9 +1,13 @@
 """The responder's handler through the in-process fakes: both answers, each through its own chat
 template and the response sampling; a challenge that breaks the arena's invariants (an unknown
 competitor, a model fighting itself, a language not mined, an id that is not its content's) is
-poison before any model is asked."""
+poison before any model is asked. With the verifier on, a model fighting in neither corner writes
+the challenge's tests at the same time (chosen per battle id, re-asked when unparseable) and the
+battle goes to the verifier."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from msgspec.structs import replace
@@ -12,14 +16,16 @@ from tests.conftest import SCRIPTED_MODELS
 from tests.helpers import arena_settings, challenge
 from warriorcoder.arena.instructions import normalise
 from warriorcoder.arena.invariants import check_battle
+from warriorcoder.arena.test_writing import TESTS_REASK_NOTE, choose_writer
 from warriorcoder.errors import PoisonError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import battle_id
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.stage import Deps
+from warriorcoder.runtime.triton import RetryableInferenceError
 from warriorcoder.stages.responder.service import STAGE, make_handler
 from warriorcoder.testing.fakes import FakeBuckets, FakeInference, FakePublisher
-from warriorcoder.testing.scripted import load_models
+from warriorcoder.testing.scripted import ScriptedModel, load_models, role_of
 
 
 @pytest.fixture
@@ -138,3 +144,192 @@ async def test_the_stage_as_the_runner_builds_it_checks_what_it_consumes(parts):
             await handle(_rehashed(challenge("alpha", "beta"), defender="mallory"))
         await handle(challenge("alpha", "beta"))
     assert [b.challenge.defender for b in publisher.messages(subjects.BATTLES)] == ["beta"]
+
+
+# --- verifier on: tests written by an uninvolved model, beside the answers -----------------------
+
+TASK = "Write a Python function `dedupe_sorted` that returns the sorted distinct items of a list."
+
+
+def _verified(**changes):
+    s = arena_settings(verifier={"enabled": True, **changes.pop("verifier", {})}, **changes)
+    return s, Roster.from_settings(s, STAGE.models(s))
+
+
+def _models(**overrides):
+    """The scripted test models, some replaced (e.g. a writer that garbles its first replies)."""
+    return [overrides.get(m.name, m) for m in load_models(SCRIPTED_MODELS)]
+
+
+async def test_an_uninvolved_model_writes_the_tests_and_the_battle_goes_to_the_verifier():
+    s, roster = _verified()
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    ch = challenge("gamma", "alpha", TASK)
+    await make_handler(s, roster, inference, publisher)(ch)
+    assert publisher.messages(subjects.BATTLES) == []
+    [b] = publisher.messages(subjects.ANSWERED)
+    assert (
+        b.id == ch.id and b.attacker_answer.model == "gamma" and b.defender_answer.model == "alpha"
+    )
+    t = b.tests
+    assert (t.writer, t.language, t.framework, t.usable, t.asked) == (
+        "beta",
+        "Python",
+        "pytest",
+        True,
+        1,
+    )
+    assert t.tests == [
+        "test_empty_input_gives_an_empty_list",
+        "test_sorted_distinct_input_is_unchanged",
+        "test_unsorted_input_comes_back_sorted",
+        "test_duplicates_are_dropped",
+    ]
+    assert t.code.startswith("from solution import *\n") and "dedupe_sorted([3, 1, 2])" in t.code
+    cfg = s.sampling.tests
+    assert (t.sampling.temperature, t.sampling.max_tokens) == (cfg.temperature, cfg.max_tokens)
+    [req] = inference.calls(role="tests")
+    # through the writer's own chat template (Llama 3 for beta) and the tests sampling
+    assert req.model == "beta" and req.prompt.startswith("<|start_header_id|>system")
+    assert TASK in req.prompt and "<|im_start|>" not in req.prompt
+    assert req.params["temperature"] == cfg.temperature and req.choices is None
+    assert {r.model for r in inference.calls(role="response")} == {"gamma", "alpha"}
+
+
+async def test_the_tests_are_asked_at_the_same_time_as_the_answers():
+    s, roster = _verified()
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    handle = make_handler(s, roster, inference, publisher)
+    # the writer is held: both answers are still asked (they do not wait for the tests)
+    inference.set_available("beta", False)
+    task = asyncio.create_task(handle(challenge("gamma", "alpha", TASK)))
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert {r.model for r in inference.calls(role="response")} == {"gamma", "alpha"}
+        assert publisher.published == []
+        inference.set_available("beta", True)
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+    # the fighters are held: the writer is asked all the same (it does not wait for the answers)
+    inference.set_available("gamma", False)
+    inference.set_available("alpha", False)
+    task = asyncio.create_task(handle(challenge("alpha", "gamma", TASK)))
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [r.model for r in inference.calls(role="tests")] == ["beta", "beta"]
+        assert len(publisher.messages(subjects.ANSWERED)) == 1
+        inference.set_available("gamma", True)
+        inference.set_available("alpha", True)
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+    assert [b.tests.writer for b in publisher.messages(subjects.ANSWERED)] == ["beta", "beta"]
+
+
+async def test_the_writer_never_fights_and_writers_take_turns_across_battles():
+    s, roster = _verified(judges=["garbler", "slow"])
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    handle = make_handler(s, roster, inference, publisher)
+    pairs = [(a, d) for a in s.competitors for d in s.competitors if a != d]
+    challenges = [challenge(a, d, f"{TASK} Variant {i}.") for i in range(8) for a, d in pairs]
+    for ch in challenges:
+        await handle(ch)
+    battles = publisher.messages(subjects.ANSWERED)
+    assert len(battles) == len(challenges)
+    by_pair: dict[tuple[str, str], set[str]] = {}
+    for b in battles:
+        a, d = b.challenge.attacker, b.challenge.defender
+        assert b.tests.writer not in (a, d)
+        assert b.tests.writer == choose_writer(b.id, s.test_writers_for(a, d))
+        by_pair.setdefault((a, d), set()).add(b.tests.writer)
+    # each pair has three candidates (the third competitor, garbler, slow); 8 battles use > 1
+    assert all(len(writers) > 1 for writers in by_pair.values()), by_pair
+    assert len({b.tests.writer for b in battles}) == 5  # every model of the pool wrote some
+    # a redelivered challenge asks the same writer again
+    await handle(challenges[0])
+    tests_calls = inference.calls(role="tests")
+    assert tests_calls[-1].model == battles[0].tests.writer
+    assert publisher.duplicates == 1
+
+
+async def test_configured_writers_are_used_even_judge_only_ones():
+    s, roster = _verified(verifier={"test_writers": ["slow", "alpha"]})
+    assert STAGE.models(s) == ["alpha", "beta", "gamma", "slow"]
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    handle = make_handler(s, roster, inference, publisher)
+    await handle(challenge("alpha", "beta", TASK))
+    await handle(challenge("gamma", "beta", TASK))
+    writers = [b.tests.writer for b in publisher.messages(subjects.ANSWERED)]
+    ch = challenge("gamma", "beta", TASK)
+    assert writers == ["slow", choose_writer(ch.id, ["slow", "alpha"])]
+
+
+async def test_an_unparseable_reply_is_asked_again_with_the_reask_note():
+    s, roster = _verified()
+    beta = ScriptedModel("beta", 5, garble_first_tests=1)
+    inference, publisher = FakeInference(_models(beta=beta)), FakePublisher()
+    await make_handler(s, roster, inference, publisher)(challenge("gamma", "alpha", TASK))
+    [b] = publisher.messages(subjects.ANSWERED)
+    assert (b.tests.usable, b.tests.asked, len(b.tests.tests)) == (True, 2, 4)
+    first, second = inference.calls(role="tests")
+    assert TESTS_REASK_NOTE not in first.prompt and TESTS_REASK_NOTE in second.prompt
+
+
+@pytest.mark.parametrize("max_reasks", [0, 1, 3])
+async def test_tests_still_unparseable_after_the_reasks_leave_the_battle_unverified(max_reasks):
+    s, roster = _verified(verifier={"max_reasks": max_reasks})
+    beta = ScriptedModel("beta", 5, garble_first_tests=10**6)
+    inference, publisher = FakeInference(_models(beta=beta)), FakePublisher()
+    await make_handler(s, roster, inference, publisher)(challenge("gamma", "alpha", TASK))
+    [b] = publisher.messages(subjects.ANSWERED)
+    t = b.tests
+    assert (t.writer, t.usable, t.code, t.tests, t.asked) == ("beta", False, "", [], max_reasks + 1)
+    assert b.attacker_answer.text.endswith("quality=2")  # the battle goes on
+    assert len(inference.calls(role="tests")) == max_reasks + 1
+
+
+async def test_a_language_without_a_test_format_goes_on_without_tests():
+    s, roster = _verified(languages=["Python", "Go"])
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    go = _rehashed(challenge("gamma", "alpha", TASK.replace("Python", "Go")), language="Go")
+    await make_handler(s, roster, inference, publisher)(go)
+    [b] = publisher.messages(subjects.ANSWERED)
+    assert b.tests is None and "```go" in b.attacker_answer.text
+    assert inference.calls(role="tests") == []
+
+
+class _FailingWriter(ScriptedModel):
+    def generate(self, prompt, params):
+        if role_of(prompt) == "tester":
+            raise RetryableInferenceError(self.name, "backend overloaded")
+        return super().generate(prompt, params)
+
+
+async def test_a_failed_writer_call_fails_the_challenge_like_a_failed_answer():
+    s, roster = _verified()
+    inference = FakeInference(_models(beta=_FailingWriter("beta", 5)))
+    publisher = FakePublisher()
+    with pytest.raises(RetryableInferenceError, match="overloaded"):
+        await make_handler(s, roster, inference, publisher)(challenge("gamma", "alpha", TASK))
+    assert publisher.published == []  # redelivered later, answers and tests together
+
+
+async def test_verifier_off_publishes_to_the_judges_without_tests():
+    s = arena_settings()
+    assert not s.verifier.enabled and STAGE.models(s) == ["alpha", "beta", "gamma"]
+    roster = Roster.from_settings(s, STAGE.models(s))
+    inference, publisher = FakeInference(load_models(SCRIPTED_MODELS)), FakePublisher()
+    await make_handler(s, roster, inference, publisher)(challenge("gamma", "alpha", TASK))
+    [b] = publisher.messages(subjects.BATTLES)
+    assert b.tests is None and publisher.messages(subjects.ANSWERED) == []
+    assert inference.calls(role="tests") == []
+
+
+def test_the_stage_declares_the_writers_only_with_the_verifier_on():
+    on = arena_settings(verifier={"enabled": True}, judges=["garbler"])
+    assert STAGE.models(on) == ["alpha", "beta", "gamma", "garbler"]
+    off = arena_settings(judges=["garbler"])
+    assert STAGE.models(off) == ["alpha", "beta", "gamma"]

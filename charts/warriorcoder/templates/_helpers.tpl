@@ -21,15 +21,21 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The four services, in pipeline order. */}}
+{{/* The five services, in pipeline order. */}}
 {{- define "warriorcoder.serviceNames" -}}
+{{- list "challenger" "responder" "verifier" "judge" "aggregator" | toJson -}}
+{{- end -}}
+
+{{/* The services that may call Triton (the verifier calls no model and reaches only NATS). */}}
+{{- define "warriorcoder.modelServiceNames" -}}
 {{- list "challenger" "responder" "judge" "aggregator" | toJson -}}
 {{- end -}}
 
-{{/* Work stream and durable consumer of each consuming stage (proto/subjects.py). */}}
+{{/* Work stream and durable consumer of each consuming stage (proto/topology.py). */}}
 {{- define "warriorcoder.consumers" -}}
 {{- dict
     "responder" (dict "stream" "WARRIORCODER_V1_CHALLENGES" "consumer" "responder")
+    "verifier" (dict "stream" "WARRIORCODER_V1_ANSWERED" "consumer" "verifier")
     "judge" (dict "stream" "WARRIORCODER_V1_BATTLES" "consumer" "judge")
     "aggregator" (dict "stream" "WARRIORCODER_V1_JUDGEMENTS" "consumer" "aggregator")
   | toJson -}}
@@ -130,6 +136,13 @@ keep their exact form (Helm's YAML writes 1000000 as 1e+06, which YAML 1.1 reads
 {{- end -}}
 {{- if not (hasKey $arena "service") }}{{ $_ := set $arena "service" dict }}{{ end -}}
 {{- $_ := set $arena.service "http_port" (int .Values.metrics.port) -}}
+{{- /* The responders hand battles to the verifier exactly when the chart deploys it. */ -}}
+{{- if not (hasKey $arena "verifier") }}{{ $_ := set $arena "verifier" dict }}{{ end -}}
+{{- $verifies := .Values.services.verifier.enabled | default false -}}
+{{- if and (hasKey $arena.verifier "enabled") (ne $arena.verifier.enabled $verifies) -}}
+{{- fail "arena.verifier.enabled contradicts services.verifier.enabled (the chart sets it from that): set services.verifier.enabled instead" -}}
+{{- end -}}
+{{- $_ := set $arena.verifier "enabled" $verifies -}}
 {{- range $key, $model := .Values.triton.models -}}
 {{- if not (hasKey $arena.models $key) -}}
 {{- fail (printf "triton.models.%s has no arena.models.%s to serve" $key $key) -}}

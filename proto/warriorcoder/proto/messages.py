@@ -216,6 +216,11 @@ class ScoreCard(msgspec.Struct, frozen=True, kw_only=True):
     final_attacker: float  # e_A = alpha * E(A>B) + (1 - alpha) * x(A>B)
     final_defender: float
     alpha: float
+    # With an execution weight w > 0 (scoring.execution.weight) and comparable test results,
+    # x_exec(A>B) (1, 0 or 0.5 as the attacker passed more, fewer or as many tests) and w; the
+    # final scores then use x' = (1 - w) * x + w * x_exec in place of x. Ratings never do.
+    execution_attacker: float | None = None
+    execution_weight: float = 0.0
 
 
 class Sample(_Base, tag="warriorcoder.v1.sample", frozen=True, kw_only=True):

@@ -41,6 +41,7 @@ REASONS: Final = frozenset(
         "unknown_language",  # a language this arena does not mine
         "id_mismatch",  # an id that is not the one the challenge's content hashes to
         "answer_mismatch",  # an answer not from the fighter of its role
+        "tests_by_fighter",  # the battle's tests written by one of its own fighters
         "judge_not_in_pool",  # a vote by a model outside the judge pool
         "judge_is_fighter",  # a vote by one of the battle's own fighters
         "duplicate_judge",  # two votes by one judge
@@ -74,7 +75,8 @@ def check_challenge(ch: Challenge, settings: ArenaSettings) -> None:
 
 
 def check_battle(b: Battle, settings: ArenaSettings) -> None:
-    """A valid challenge, its id, and each answer from the fighter of its role."""
+    """A valid challenge, its id, each answer from the fighter of its role, and tests (when
+    present) written by a model that fights in neither corner."""
     check_challenge(b.challenge, settings)
     if b.id != b.challenge.id:
         raise PoisonError("id_mismatch", f"battle id {b.id} != challenge id {b.challenge.id}")
@@ -88,6 +90,10 @@ def check_battle(b: Battle, settings: ArenaSettings) -> None:
                 "answer_mismatch",
                 f"the {role}'s answer is by {answer.model!r} as {answer.role}, not by {model!r}",
             )
+    if b.tests is not None and b.tests.writer in (ch.attacker, ch.defender):
+        raise PoisonError(
+            "tests_by_fighter", f"the tests are written by {b.tests.writer!r}, a fighter"
+        )
 
 
 def check_judgement(j: Judgement, settings: ArenaSettings) -> None:

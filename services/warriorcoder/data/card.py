@@ -10,8 +10,11 @@ a directory (every ``.jsonl``/``.parquet`` file in it becomes a config) or a ``.
 has the YAML front matter the Hub reads (``configs``, ``license``, ``task_categories``, ``tags``,
 ``size_categories``), then counts (samples, winners, languages, battles per pair, votes), the
 leaderboard (online Elo and Bradley–Terry with bootstrap 95% CIs from the judges' votes), the
-models, and the filter statistics when given (reason → rejected count). The output depends only
-on its inputs (no clock), so re-running an export gives the same card.
+execution evidence when the verifier ran answers (per model: answers run, passed all, mean pass
+fraction; the share of test-backed samples; what decided the winners), the models, and the
+filter statistics when given (reason → rejected count). ``verified_from`` (the samples before
+``--verified-only`` kept the test-backed ones) makes the card say so. The output depends only on
+its inputs (no clock), so re-running an export gives the same card.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 import yaml
 
 from warriorcoder.data.bradley_terry import format_rating, leaderboard
-from warriorcoder.data.export import SUFFIXES
+from warriorcoder.data.export import SUFFIXES, has_evidence
+from warriorcoder.data.pass_rates import execution_stats
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto.messages import Sample
 
@@ -38,10 +42,22 @@ _FIELDS = {
     "preference format of TRL's `DPOTrainer`",
     "battles": "the full battle record: `messages`, `prompt`, `chosen`, `rejected`, `language`, "
     "`winner`, `loser`, `winner_role`, `attacker`, `defender`, every judge's `votes`, the "
-    "`score` card, `ratings_before`, `ratings_after`, `created_at`",
+    "`score` card, `ratings_before`, `ratings_after`, `created_at`; with execution evidence "
+    "also `tests`, `execution` (both answers' runs with their output), `test_backed` and "
+    "`decided_by`",
     "votes": "`model_a` (attacker), `model_b` (defender), `winner` (`model_a`, `model_b` or "
     "`tie`), `judge`, `battle_id`: one line per valid judge vote (Chatbot Arena format)",
 }
+_EVIDENCE_FIELDS = (
+    "With execution evidence, each record also has `test_backed` (the chosen answer passed "
+    "strictly more tests than the rejected one), `decided_by` (`votes`, or `execution` when "
+    "the test results chose a winner the votes alone did not), `tests` (the unit-test module "
+    "`code`, its test `names`, its `writer`, `language`, `framework`, `usable`) and "
+    "`execution` (the `sandbox` and, for the `chosen` and the `rejected` answer, `status`, "
+    "`passed`, `failed`, `errored`, `total`, `exit_code`, `wall_s`, `cpu_s`, "
+    "`output_truncated` and the `summary` the judges saw). To re-run the tests, save the "
+    "answer's code as `solution.py` beside the test module and run `pytest` on it."
+)
 
 
 def _size_category(n: int) -> str:
@@ -104,8 +120,10 @@ def render_card(
     license: str = "apache-2.0",
     bootstrap_n: int = 1000,
     seed: int = 0,
+    verified_from: int | None = None,
 ) -> str:
-    """The card's Markdown text (front matter included)."""
+    """The card's Markdown text (front matter included); ``verified_from``: the number of
+    samples the test-backed ones were kept from (``--verified-only``)."""
     n = len(samples)
     lines = [_front_matter(data_files, n, license)]
     lines += [
@@ -123,8 +141,16 @@ def render_card(
         lines += ["## Files", ""]
         lines += [f"- `{name}`" for name in data_files]
         lines.append("")
+    if verified_from is not None:
+        lines += [
+            f"Only test-backed samples: the {n} of {verified_from} samples whose chosen answer "
+            "passed strictly more of the challenge's unit tests than the rejected one.",
+            "",
+        ]
     if fmt is not None and fmt in _FIELDS:
         lines += ["## Fields", "", f"`{fmt}`: {_FIELDS[fmt]}.", ""]
+        if fmt in ("sft", "dpo") and has_evidence(samples):
+            lines += [_EVIDENCE_FIELDS, ""]
 
     all_votes = [v for s in samples for v in s.votes]
     invalid = sum(1 for v in all_votes if v.winner == "invalid")
@@ -210,6 +236,8 @@ def render_card(
         lines.append("No valid judge votes.")
     lines.append("")
 
+    lines += _execution_section(samples)
+
     competitors = sorted({m for s in samples for m in (s.attacker, s.defender)})
     judges = sorted({v.judge for v in all_votes})
     lines += ["## Models", ""]
@@ -223,6 +251,55 @@ def render_card(
         lines += _table(["reason", "rejected"], [*items, ("total", sum(stats.values()))])
         lines.append("")
     return "\n".join(lines)
+
+
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _execution_section(samples: Sequence[Sample]) -> list[str]:
+    """Pass-rate statistics, when the verifier ran any answer ([] otherwise)."""
+    stats = execution_stats(samples)
+    if not stats.with_execution:
+        return []
+    lines = [
+        "## Execution",
+        "",
+        "Each answer's code was run in a sandbox against unit tests for the challenge, written "
+        "by a model that fought in neither corner. An answer counts as run unless the sandbox "
+        "itself failed; it passed all when every test of a non-empty suite passed; its pass "
+        "fraction is the share of tests passed (0 without code or on a timeout).",
+        "",
+    ]
+    lines += _table(
+        ["what", "count"],
+        [
+            ("samples with execution results", stats.with_execution),
+            ("samples with usable tests", stats.with_tests),
+            (
+                "test-backed samples (share of those run)",
+                f"{stats.test_backed} ({_percent(stats.test_backed_share)})",
+            ),
+            ("sandbox errors (runs left out)", stats.sandbox_errors),
+            *((f"decided by {k}", v) for k, v in stats.decided_by.items()),
+        ],
+    )
+    lines += ["", "### Pass rates", ""]
+    lines += _table(
+        ["model", "answers run", "passed all", "pass rate", "mean pass fraction"],
+        [
+            (
+                r.model,
+                r.runs,
+                r.passed_all,
+                _percent(r.pass_rate),
+                "-" if r.mean_pass_fraction is None else f"{r.mean_pass_fraction:.3f}",
+            )
+            for r in sorted(stats.models.values(), key=lambda r: (-(r.pass_rate or 0), r.model))
+        ],
+    )
+    lines.append("")
+    return lines
 
 
 def _utc(ts: float) -> str:
@@ -239,6 +316,7 @@ def write_card(
     license: str = "apache-2.0",
     bootstrap_n: int = 1000,
     seed: int = 0,
+    verified_from: int | None = None,
 ) -> Path:
     """Write README.md for ``target`` (a data file, a directory or a .md path); returns its path.
 
@@ -269,6 +347,7 @@ def write_card(
         license=license,
         bootstrap_n=bootstrap_n,
         seed=seed,
+        verified_from=verified_from,
     )
     readme.write_text(text, encoding="utf-8")
     return readme

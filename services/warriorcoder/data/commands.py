@@ -5,6 +5,7 @@ Usage::
     warriorcoder ratings --votes battles.jsonl [--bootstrap 1000] [--seed 0] [--json]
     warriorcoder export --format sft --out out/sft.jsonl --data-dir data [--card]
     warriorcoder export --format votes --out out/votes.parquet --nats nats://127.0.0.1:4222
+    warriorcoder export --format dpo --out out/dpo.jsonl --data-dir data --verified-only --card
 
 Wired into the CLI with ``warriorcoder.data.commands.register(subparsers)``. Each command returns an
 exit code: 0, or 2 with a one-line ``warriorcoder: ...`` message on stderr for a bad input.
@@ -89,6 +90,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     source.add_argument("--nats", metavar="URL", help="read the samples stream of this NATS")
     p.add_argument("--card", action="store_true", help="write a dataset card README.md beside it")
     p.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="only test-backed samples: the chosen answer passed strictly more of the "
+        "challenge's unit tests than the rejected one (needs the verifier)",
+    )
+    p.add_argument(
         "--filter-stats",
         metavar="FILE",
         help="JSON {reason: rejected count} to include in the card (default with --nats: the "
@@ -137,6 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from warriorcoder.data.export import (
         ExportError,
         export,
+        only_test_backed,
         output_suffix,
         samples_from_dir,
         samples_from_nats,
@@ -160,10 +168,23 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"no samples in {source}: nothing to export (is the arena running, or is this the "
                 "right directory?)"
             )
-        count = export(samples, args.fmt, out)
-        print(f"wrote {count} {args.fmt} records from {len(samples)} samples ({source}) to {out}")
+        kept = only_test_backed(samples) if args.verified_only else samples
+        if not kept:
+            ran = sum(1 for s in samples if s.execution is not None)
+            raise ExportError(
+                f"none of the {len(samples)} samples in {source} is test-backed ({ran} have "
+                "execution results): nothing to export with --verified-only (is the verifier on?)"
+            )
+        count = export(kept, args.fmt, out)
+        taken = (
+            f"{len(kept)} test-backed of {len(samples)} samples"
+            if args.verified_only
+            else f"{len(samples)} samples"
+        )
+        print(f"wrote {count} {args.fmt} records from {taken} ({source}) to {out}")
         if args.card:
-            readme = write_card(out, samples, stats, fmt=args.fmt)
+            verified_from = len(samples) if args.verified_only else None
+            readme = write_card(out, kept, stats, fmt=args.fmt, verified_from=verified_from)
             print(f"wrote dataset card {readme}")
     except ExportError as exc:
         return _fail(str(exc))
@@ -194,9 +215,10 @@ async def _live(url: str) -> Any:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from warriorcoder.data.bradley_terry import format_table, rows_to_json
+    from warriorcoder.data.bradley_terry import rows_to_json
     from warriorcoder.data.export import ExportError
-    from warriorcoder.data.live import live_leaderboard, read_live
+    from warriorcoder.data.live import leaderboard_table, live_leaderboard, read_live
+    from warriorcoder.data.pass_rates import pass_rates
     from warriorcoder.runtime.settings import ConfigError, NatsSettings, load_settings
 
     try:
@@ -209,14 +231,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     except (ConfigError, ExportError) as exc:
         return _fail(str(exc))
     rows = live_leaderboard(state, bootstrap_n=args.bootstrap, seed=args.seed)
+    rates = pass_rates(state.samples)
     if args.json:
+        models = rows_to_json(rows)
+        for model, rate in rates.items():  # with execution results only
+            if model in models:
+                models[model].update(
+                    runs=rate.runs,
+                    passed_all=rate.passed_all,
+                    pass_rate=rate.pass_rate,
+                    mean_pass_fraction=rate.mean_pass_fraction,
+                )
         print(
             json.dumps(
                 {
                     "battles": state.ratings.battles,
                     "samples": len(state.samples),
                     "rejections": state.rejections,
-                    "models": rows_to_json(rows),
+                    "models": models,
                 },
                 indent=2,
             )
@@ -226,5 +258,5 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if state.rejections:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(state.rejections.items()))
         print(f"rejected challenges: {counts}")
-    print(format_table(rows) if rows else "no votes yet")
+    print(leaderboard_table(rows, rates) if rows else "no votes yet")
     return 0

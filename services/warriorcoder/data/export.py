@@ -4,6 +4,7 @@ Usage::
 
     samples = samples_from_dir(Path("data"))                    # or: await samples_from_nats(url)
     export(samples, "sft", Path("out/sft.jsonl"))               # or .parquet
+    export(samples, "dpo", Path("out/dpo.jsonl"), verified_only=True)   # test-backed pairs only
 
 Formats (one record per sample, votes: one per valid judge vote):
 
@@ -15,6 +16,15 @@ Formats (one record per sample, votes: one per valid judge vote):
   ``.jsonl`` export is line for line what the aggregator's shards hold.
 - ``votes``: ``{"model_a", "model_b", "winner", "judge", "battle_id"}`` (Chatbot Arena battles;
   ``warriorcoder ratings --votes`` reads it).
+
+Execution evidence (verifier on): when any exported sample carries tests or execution results,
+every ``sft`` and ``dpo`` record also has ``test_backed`` (the chosen answer passed strictly more
+tests than the rejected one), ``decided_by`` (``votes`` or ``execution``), ``tests`` (the test
+module ``code`` with its ``names``, ``writer``, ``language``, ``framework``, ``usable``; null when
+the battle had none) and ``execution`` (``sandbox`` and a run summary for the ``chosen`` and the
+``rejected`` answer: ``status``, ``passed``, ``failed``, ``errored``, ``total``, ``exit_code``,
+``wall_s``, ``cpu_s``, ``output_truncated`` and the ``summary`` text the judges saw; null when not
+run), so the tests can be re-run on the answers. ``verified_only`` keeps only test-backed samples.
 
 The output suffix picks the encoding: ``.jsonl`` (JSON lines) or ``.parquet`` (Apache Arrow's
 Parquet writer, with a fixed schema per format; maps such as ``ratings_before`` become Parquet
@@ -31,19 +41,23 @@ from typing import Any, Final, Literal, get_args
 
 import msgspec
 
+from warriorcoder.arena.prompts import execution_summary
 from warriorcoder.data.votes import encode_vote, votes_from_samples
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Sample, encode
+from warriorcoder.proto.messages import RunResult, Sample, encode
 from warriorcoder.runtime.settings import NatsSettings
 from warriorcoder.runtime.shards import read_samples
 
 __all__ = [
+    "EVIDENCE_FIELDS",
     "FORMATS",
     "SUFFIXES",
     "ExportError",
     "Format",
     "arrow_schema",
     "export",
+    "has_evidence",
+    "only_test_backed",
     "output_suffix",
     "read_export",
     "records",
@@ -56,6 +70,8 @@ log = logging.getLogger(__name__)
 Format = Literal["sft", "dpo", "battles", "votes"]
 FORMATS: Final[tuple[str, ...]] = get_args(Format)
 SUFFIXES: Final = (".jsonl", ".parquet")
+# The fields sft and dpo records gain when the export carries execution evidence.
+EVIDENCE_FIELDS: Final = ("test_backed", "decided_by", "tests", "execution")
 
 
 class ExportError(Exception):
@@ -71,22 +87,92 @@ def _check_format(fmt: str) -> Format:
     return fmt  # type: ignore[return-value]
 
 
-def records(samples: Iterable[Sample], fmt: str) -> list[dict[str, Any]]:
-    """The export records of ``samples`` in format ``fmt``, as plain JSON-ready dicts."""
+def has_evidence(samples: Iterable[Sample]) -> bool:
+    """Whether any sample carries tests or execution results (its export then has the
+    ``EVIDENCE_FIELDS``)."""
+    return any(s.tests is not None or s.execution is not None for s in samples)
+
+
+def only_test_backed(samples: Iterable[Sample]) -> list[Sample]:
+    """The samples whose preference the tests back (``Sample.test_backed``), in order."""
+    return [s for s in samples if s.test_backed]
+
+
+def _run_record(run: RunResult) -> dict[str, Any]:
+    return {
+        "status": run.status,
+        "passed": run.passed,
+        "failed": run.failed,
+        "errored": run.errored,
+        "total": run.total,
+        "exit_code": run.exit_code,
+        "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
+        "output_truncated": run.output_truncated,
+        "summary": execution_summary(run),
+    }
+
+
+def _evidence(s: Sample) -> dict[str, Any]:
+    t, ex = s.tests, s.execution
+    tests = (
+        None
+        if t is None
+        else {
+            "writer": t.writer,
+            "language": t.language,
+            "framework": t.framework,
+            "code": t.code,
+            "names": list(t.tests),
+            "usable": t.usable,
+        }
+    )
+    execution = None
+    if ex is not None:
+        runs = (ex.attacker, ex.defender)
+        chosen, rejected = runs if s.winner_role == "attacker" else runs[::-1]
+        execution = {
+            "sandbox": ex.sandbox,
+            "chosen": _run_record(chosen),
+            "rejected": _run_record(rejected),
+        }
+    return {
+        "test_backed": s.test_backed,
+        "decided_by": s.decided_by,
+        "tests": tests,
+        "execution": execution,
+    }
+
+
+def records(
+    samples: Iterable[Sample], fmt: str, *, evidence: bool | None = None
+) -> list[dict[str, Any]]:
+    """The export records of ``samples`` in format ``fmt``, as plain JSON-ready dicts.
+
+    ``evidence``: whether sft and dpo records carry the ``EVIDENCE_FIELDS`` (default: when any
+    sample has tests or execution results, so every record of one export has the same fields).
+    """
     fmt = _check_format(fmt)
+    items = list(samples)
     if fmt == "votes":
-        return [msgspec.to_builtins(v) for v in votes_from_samples(samples)]
+        return [msgspec.to_builtins(v) for v in votes_from_samples(items)]
     if fmt == "battles":
-        return [msgspec.to_builtins(s) for s in samples]
-    if fmt == "sft":
-        return [
-            {"id": s.id, "messages": [{"role": t.role, "content": t.content} for t in s.messages]}
-            for s in samples
-        ]
-    return [
-        {"id": s.id, "prompt": s.prompt, "chosen": s.chosen, "rejected": s.rejected}
-        for s in samples
-    ]
+        return [msgspec.to_builtins(s) for s in items]
+    if evidence is None:
+        evidence = has_evidence(items)
+    out: list[dict[str, Any]] = []
+    for s in items:
+        if fmt == "sft":
+            rec: dict[str, Any] = {
+                "id": s.id,
+                "messages": [{"role": t.role, "content": t.content} for t in s.messages],
+            }
+        else:
+            rec = {"id": s.id, "prompt": s.prompt, "chosen": s.chosen, "rejected": s.rejected}
+        if evidence:
+            rec.update(_evidence(s))
+        out.append(rec)
+    return out
 
 
 def _jsonl_lines(samples: Sequence[Sample], fmt: Format) -> list[bytes]:
@@ -139,8 +225,47 @@ def _arrow_fields(t: msgspec.inspect.StructType) -> list[Any]:
     return fields
 
 
-def arrow_schema(fmt: str) -> Any:
-    """The ``pyarrow.Schema`` of a format's Parquet export (battles: derived from ``Sample``)."""
+def _evidence_fields() -> list[Any]:
+    import pyarrow as pa
+
+    run = pa.struct(
+        [
+            pa.field("status", pa.string()),
+            pa.field("passed", pa.int64()),
+            pa.field("failed", pa.int64()),
+            pa.field("errored", pa.int64()),
+            pa.field("total", pa.int64()),
+            pa.field("exit_code", pa.int64()),
+            pa.field("wall_s", pa.float64()),
+            pa.field("cpu_s", pa.float64()),
+            pa.field("output_truncated", pa.bool_()),
+            pa.field("summary", pa.string()),
+        ]
+    )
+    tests = pa.struct(
+        [
+            pa.field("writer", pa.string()),
+            pa.field("language", pa.string()),
+            pa.field("framework", pa.string()),
+            pa.field("code", pa.string()),
+            pa.field("names", pa.list_(pa.string())),
+            pa.field("usable", pa.bool_()),
+        ]
+    )
+    execution = pa.struct(
+        [pa.field("sandbox", pa.string()), pa.field("chosen", run), pa.field("rejected", run)]
+    )
+    return [
+        pa.field("test_backed", pa.bool_(), nullable=False),
+        pa.field("decided_by", pa.string(), nullable=False),
+        pa.field("tests", tests),
+        pa.field("execution", execution),
+    ]
+
+
+def arrow_schema(fmt: str, *, evidence: bool = False) -> Any:
+    """The ``pyarrow.Schema`` of a format's Parquet export (battles: derived from ``Sample``);
+    ``evidence``: sft and dpo with the ``EVIDENCE_FIELDS``."""
     import pyarrow as pa
 
     from warriorcoder.data.votes import ArenaVote
@@ -157,7 +282,8 @@ def arrow_schema(fmt: str) -> Any:
             if fmt == "sft"
             else [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
         )
-        return pa.schema([pa.field("id", pa.string(), nullable=False), *cols])
+        extra = _evidence_fields() if evidence else []
+        return pa.schema([pa.field("id", pa.string(), nullable=False), *cols, *extra])
     assert isinstance(info, msgspec.inspect.StructType)
     return pa.schema(_arrow_fields(info))
 
@@ -176,15 +302,18 @@ def output_suffix(out_path: Path) -> str:
     return suffix
 
 
-def export(samples: Iterable[Sample], fmt: str, out_path: Path | str) -> int:
-    """Write ``samples`` in format ``fmt`` to ``out_path`` (``.jsonl`` or ``.parquet``).
+def export(
+    samples: Iterable[Sample], fmt: str, out_path: Path | str, *, verified_only: bool = False
+) -> int:
+    """Write ``samples`` in format ``fmt`` to ``out_path`` (``.jsonl`` or ``.parquet``);
+    ``verified_only``: only the test-backed samples.
 
     Returns the number of records written. Creates the parent directory; replaces the file.
     """
     out_path = Path(out_path)
     fmt_ = _check_format(fmt)
     suffix = output_suffix(out_path)
-    items = list(samples)
+    items = only_test_backed(samples) if verified_only else list(samples)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
@@ -199,7 +328,8 @@ def export(samples: Iterable[Sample], fmt: str, out_path: Path | str) -> int:
             import pyarrow.parquet as pq
 
             rows = records(items, fmt_)
-            table = pa.Table.from_pylist(rows, schema=arrow_schema(fmt_))
+            schema = arrow_schema(fmt_, evidence=has_evidence(items))
+            table = pa.Table.from_pylist(rows, schema=schema)
             pq.write_table(table, tmp)
             count = len(rows)
         os.replace(tmp, out_path)

@@ -4,27 +4,37 @@ Usage::
 
     state = await read_live(settings.nats)
     rows = live_leaderboard(state, bootstrap_n=1000)
+    print(leaderboard_table(rows, pass_rates(state.samples)))
 
 Reads the samples stream, the ratings KV document and the rejection counts the challengers keep,
-without consuming anything.
+without consuming anything. With execution results in the samples (verifier on), the table gains
+each model's ``pass%`` (share of its answers run that passed every test) and ``runs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from warriorcoder.data.bradley_terry import Row, leaderboard
+from warriorcoder.data.bradley_terry import Row, format_rating, format_table, leaderboard
 from warriorcoder.data.export import connect_briefly, samples_from_nats
+from warriorcoder.data.pass_rates import PassRate
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Sample
 from warriorcoder.proto.state import Ratings, decode_state
 from warriorcoder.runtime.settings import NatsSettings
 
-__all__ = ["LiveState", "live_leaderboard", "read_live"]
+__all__ = [
+    "LiveState",
+    "format_pass_rate",
+    "leaderboard_table",
+    "live_leaderboard",
+    "read_live",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +71,40 @@ def live_leaderboard(state: LiveState, *, bootstrap_n: int, seed: int = 0) -> li
     rows = leaderboard(votes_from_samples(state.samples), bootstrap_n=bootstrap_n, seed=seed)
     live = state.ratings.ratings
     return [dataclasses.replace(r, elo=live.get(r.model, r.elo)) for r in rows]
+
+
+def format_pass_rate(rate: PassRate | None) -> str:
+    """A model's pass rate for people: ``62.5%``, or ``-`` without runs."""
+    value = None if rate is None else rate.pass_rate
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def leaderboard_table(rows: Sequence[Row], rates: Mapping[str, PassRate]) -> str:
+    """``format_table`` of the rows, plus ``pass%`` and ``runs`` columns when any model's answers
+    ran against tests (``rates`` from ``pass_rates``); exactly ``format_table`` otherwise."""
+    if not rates:
+        return format_table(rows)
+    header = ("rank", "model", "bt", "95% ci", "elo", "votes", "pass%", "runs")
+    body = [
+        (
+            str(n),
+            r.model,
+            format_rating(r.bt),
+            "-"
+            if r.bt_lower is None
+            else f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}",
+            format_rating(r.elo),
+            str(r.votes),
+            format_pass_rate(rates.get(r.model)),
+            str(rates[r.model].runs if r.model in rates else 0),
+        )
+        for n, r in enumerate(rows, 1)
+    ]
+    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if c == 1 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in [header, *body]
+    )

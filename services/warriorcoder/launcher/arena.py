@@ -14,6 +14,12 @@ Backends, by ``mode``:
 - ``config``: the user's ``ArenaSettings``. Models with a ``local`` section are served by a local
   Triton from their ``local.path`` (a directory or hub id); others use their ``triton_url`` as is.
 
+The verifier (execution-checked battles) runs wherever code can be sandboxed here
+(``warriorcoder.launcher.verifier``): ``verifier="auto"`` (the default) probes the sandbox tool
+once before anything starts and runs the arena unverified when it does not work (``verifier_line``
+says why); ``"on"`` fails (``VerifierUnavailable``) instead, ``"off"`` never runs it. ``services``
+are the services of the run: the verifier only when on.
+
 Supervision: every child is an asyncio subprocess (``warriorcoder.launcher.children``), and one
 ``asyncio.TaskGroup`` owns a watcher per child and the budget keeper. Any child that exits, or
 fails to start again, is restarted with back-off (``RestartPolicy``): the services, and
@@ -76,7 +82,13 @@ from warriorcoder.launcher.processes import (
     http_ok,
 )
 from warriorcoder.launcher.status import NATS_DOWN, StatusReader, count_samples
-from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.launcher.verifier import (
+    Choice,
+    VerifierDecision,
+    decide_verifier,
+    with_verifier,
+)
+from warriorcoder.runtime.settings import ArenaSettings, SandboxSettings
 from warriorcoder.testing.scripted import SCRIPTED_MODELS, load_models
 
 __all__ = [
@@ -91,7 +103,8 @@ __all__ = [
     "count_samples",
 ]
 
-SERVICES = ("aggregator", "judge", "responder", "challenger")  # started in this order
+# Started in this order (downstream first); the verifier only when the run verifies.
+SERVICES = ("aggregator", "judge", "verifier", "responder", "challenger")
 DEMO_NOTE = (
     "DEMO: the models are tiny transformers with RANDOM WEIGHTS built on this machine: their "
     "text is noise. The pipeline (templates, Triton, generation, judging) is real."
@@ -119,6 +132,7 @@ class LocalArena:
         mode: Mode = "scripted",
         settings: ArenaSettings | None = None,
         battles: int | None = None,
+        verifier: Choice = "auto",
         max_restarts: int = 5,
         loop_cap_s: float = 60.0,
         poll_s: float = 0.5,
@@ -130,6 +144,7 @@ class LocalArena:
         self.mode = mode
         self.settings = settings
         self.battles = battles
+        self.verifier = verifier
         self.max_restarts = max_restarts
         self.loop_cap_s = loop_cap_s
         self.poll_s = poll_s
@@ -150,6 +165,7 @@ class LocalArena:
         self._state: StatusReader | None = None
         self._stopping = False
         self.run_settings: ArenaSettings | None = None
+        self._verifier: VerifierDecision | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -175,18 +191,45 @@ class LocalArena:
             raise RuntimeError("the arena is not running")
         return self._state
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this run starts, in start order (the verifier only when it verifies)."""
+        verifies = self._verifier is not None and self._verifier.enabled
+        return tuple(s for s in SERVICES if s != "verifier" or verifies)
+
+    async def decide_verifier(self) -> VerifierDecision:
+        """Whether the run verifies (probing the sandbox tool once, off the event loop); raises
+        ``VerifierUnavailable`` when the verifier is asked for and cannot run. Entering the arena
+        decides it when this was not called before."""
+        if self._verifier is None:
+            from warriorcoder.sandbox import probe
+
+            sandbox = self.settings.verifier.sandbox if self.settings else SandboxSettings()
+            self._verifier = await asyncio.to_thread(
+                decide_verifier, sandbox, self.verifier, check=probe
+            )
+        return self._verifier
+
+    @property
+    def verifier_line(self) -> str:
+        """The decision in one line for the terminal ("" before it is made)."""
+        return self._verifier.line if self._verifier is not None else ""
+
     async def _prepare(self) -> None:
         """Lock the data directory, stop what an earlier run left running, open the task group."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()  # raises DataDirLocked: nothing started, nothing to undo
         self._stack.callback(self._lock.release)  # the last thing undone
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self.verifier_line:
+            self._event(self.verifier_line)
         for stale in await asyncio.to_thread(self._pids.reap_stale, self.stale_grace_s):
             self._event(f"stopped {stale}, left running by an earlier run on this directory")
         self._stack.callback(self._pids.clear)  # runs once every child is stopped
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
 
     async def _start(self) -> None:
+        decision = await self.decide_verifier()  # before anything starts: nothing to undo
         await self._prepare()
         port, store = free_port(), self.data_dir / "nats"
         await self._own(
@@ -194,7 +237,9 @@ class LocalArena:
             lambda: start_nats_child(store, log_path=self._log("nats-server"), port=port),
         )
         settings = for_run(
-            await self._backends(), nats_url=self.nats_url, samples_dir=self.samples_dir
+            with_verifier(await self._backends(), enabled=decision.enabled),
+            nats_url=self.nats_url,
+            samples_dir=self.samples_dir,
         )
         self.run_settings = settings
         await asyncio.to_thread(write_settings, self.config_path, settings)
@@ -206,7 +251,7 @@ class LocalArena:
             await self.state.set_budget(budget)
             self._event(f"challenge budget set to {budget}")
             self._spawn_task(self._keep_budget(self.battles), "budget")
-        for service in SERVICES:
+        for service in self.services:
             await self._own(service, self._service_starter(service))
         await self._services_healthy()
 
@@ -306,7 +351,7 @@ class LocalArena:
         """Wait until every service answers ``/healthz`` (whichever process of it is current: a
         service that crashes meanwhile is restarted by its watcher)."""
         deadline = time.monotonic() + self.service_ready_s
-        for service in SERVICES:
+        for service in self.services:
             while not await asyncio.to_thread(http_ok, self._health_url(service)):
                 if time.monotonic() > deadline:
                     raise TimeoutError(

@@ -6,13 +6,17 @@ Usage::
     warriorcoder up --config examples/cpu-small-models.yaml  # real models (local or remote Triton)
     warriorcoder up --scripted --battles 20             # scripted test models (fastest)
 
-Starts nats-server, the model backends and the four services as supervised processes on one
+Starts nats-server, the model backends and the services as supervised processes on one
 event loop (any child that exits, nats-server and Triton included, is restarted with back-off and
 the event logged; one that keeps dying is reported as a crash loop, never the end of the run),
 shows progress, backlogs, rejections and the leaderboard in the terminal and on a local web page,
 and stops cleanly once the data directory holds N samples and the samples stream holds the same N
 (or on Ctrl-C: in-flight work is drained or left in the streams). Run again on the same data
 directory, it resumes; while one runs, another on the same directory is refused (exit code 2).
+
+The verifier (execution-checked battles) runs wherever code can be sandboxed on this machine
+(bubblewrap); where it cannot, one line says why and the arena runs unverified. A config that sets
+``verifier.enabled: true`` there is refused before anything starts (exit code 2).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from warriorcoder.launcher.arena import LocalArena, Mode
     from warriorcoder.launcher.status import Snapshot
+    from warriorcoder.launcher.verifier import Choice
     from warriorcoder.runtime.settings import ArenaSettings
 
 __all__ = ["register"]
@@ -83,18 +89,35 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{data_dir / 'samples'} already holds {already} samples (>= {args.battles})")
         return 0
     mode: Mode = "config" if settings is not None else ("demo" if args.demo else "scripted")
+    from warriorcoder.launcher.verifier import verifier_choice
+
+    choice = verifier_choice(Path(args.config) if args.config else None, os.environ)
     try:
-        return asyncio.run(_up(args, mode, settings, data_dir))
+        return asyncio.run(_up(args, mode, settings, data_dir, choice))
     except KeyboardInterrupt:  # before the signal handlers are installed
         return 130
 
 
 async def _up(
-    args: argparse.Namespace, mode: Mode, settings: ArenaSettings | None, data_dir: Path
+    args: argparse.Namespace,
+    mode: Mode,
+    settings: ArenaSettings | None,
+    data_dir: Path,
+    choice: Choice,
 ) -> int:
     from warriorcoder.launcher.arena import DataDirLocked, LocalArena, SupervisorError
+    from warriorcoder.launcher.verifier import VerifierUnavailable
 
-    arena = LocalArena(data_dir, mode=mode, settings=settings, battles=args.battles)
+    arena = LocalArena(
+        data_dir, mode=mode, settings=settings, battles=args.battles, verifier=choice
+    )
+    try:
+        # Before anything starts: a config that asks for the verifier where it cannot run fails
+        # here, and the line saying whether battles are execution-checked comes first.
+        print((await arena.decide_verifier()).line, flush=True)
+    except VerifierUnavailable as exc:
+        print(f"warriorcoder up: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     main = asyncio.current_task()
     assert main is not None
@@ -113,7 +136,9 @@ async def _up(
     if arena.note:
         print(arena.note, flush=True)
     print(
-        f"starting: nats-server, model backends and 4 services (data: {arena.data_dir})", flush=True
+        f"starting: nats-server, model backends and {len(arena.services)} services "
+        f"({', '.join(reversed(arena.services))}; data: {arena.data_dir})",
+        flush=True,
     )
     start = time.monotonic()
     try:

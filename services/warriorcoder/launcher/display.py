@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from warriorcoder.data.live import format_pass_rate
 from warriorcoder.launcher.status import Snapshot
 
 __all__ = ["Display", "crash_loop_line", "render"]
@@ -75,22 +76,27 @@ def render(s: Snapshot) -> Group:
         parts.append(rej)
 
     board = Table(title="leaderboard", title_justify="left")
-    for col, just in (
+    columns = [
         ("#", "right"),
         ("model", "left"),
         ("elo", "right"),
         ("bt", "right"),
         ("95% ci", "right"),
         ("votes", "right"),
-    ):
+    ]
+    if s.pass_rates:  # the verifier ran answers: each model's pass rate over its runs
+        columns += [("pass%", "right"), ("runs", "right")]
+    for col, just in columns:
         board.add_column(col, justify=just)  # type: ignore[arg-type]
     for i, r in enumerate(s.leaderboard, 1):
         ci = f"{_num(r.bt_lower)} .. {_num(r.bt_upper)}" if r.bt_lower is not None else "-"
-        board.add_row(
-            str(i), r.model, _num(s.elo.get(r.model, r.elo)), _num(r.bt), ci, str(r.votes)
-        )
+        cells = [str(i), r.model, _num(s.elo.get(r.model, r.elo)), _num(r.bt), ci, str(r.votes)]
+        if s.pass_rates:
+            rate = s.pass_rates.get(r.model)
+            cells += [format_pass_rate(rate), str(0 if rate is None else rate.runs)]
+        board.add_row(*cells)
     if not s.leaderboard:
-        board.add_row("", "no votes yet", "", "", "", "")
+        board.add_row("", "no votes yet", *([""] * (len(columns) - 2)))
     parts.append(board)
     if s.events:
         parts.append(Panel("\n".join(s.events[-5:]), title="events", title_align="left"))

@@ -32,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from warriorcoder.data.bradley_terry import Row, leaderboard
+from warriorcoder.data.pass_rates import PassRate, pass_rates
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto import subjects, topology
 from warriorcoder.proto.messages import decode
@@ -72,6 +73,7 @@ class Snapshot:
     elo: dict[str, float] = field(default_factory=dict)
     battles_rated: int = 0
     leaderboard: list[Row] = field(default_factory=list)
+    pass_rates: dict[str, PassRate] = field(default_factory=dict)  # models whose answers ran
     events: list[str] = field(default_factory=list)
     demo_note: str = ""
     restarts: dict[str, int] = field(default_factory=dict)
@@ -96,6 +98,7 @@ class Snapshot:
                     "bt_lower": None if r.bt_lower is None else round(r.bt_lower, 1),
                     "bt_upper": None if r.bt_upper is None else round(r.bt_upper, 1),
                     "votes": r.votes,
+                    **_pass_json(self.pass_rates.get(r.model)),
                 }
                 for r in self.leaderboard
             ],
@@ -121,6 +124,7 @@ class StatusReader:
         self._conn: Bus | None = None
         self._history: deque[tuple[float, int]] = deque(maxlen=30)
         self._board: list[Row] = []
+        self._rates: dict[str, PassRate] = {}
         self._board_at = 0.0
         self._board_samples = -1
         self._entered = False
@@ -240,12 +244,22 @@ class StatusReader:
         snap.budget = await self.budget()
         due = snap.samples != self._board_samples and now - self._board_at >= self.bt_every_s
         if final or due:
-            self._board = await asyncio.to_thread(self._leaderboard)
+            self._board, self._rates = await asyncio.to_thread(self._leaderboard)
             self._board_at, self._board_samples = now, snap.samples
         snap.leaderboard = self._board
+        snap.pass_rates = self._rates
         return snap
 
-    def _leaderboard(self) -> list[Row]:
-        """Bradley-Terry with bootstrap intervals over every sample's votes (CPU-heavy)."""
-        votes = votes_from_samples(read_samples(self.samples_dir))
-        return leaderboard(votes, bootstrap_n=self.bootstrap)
+    def _leaderboard(self) -> tuple[list[Row], dict[str, PassRate]]:
+        """Bradley-Terry with bootstrap intervals over every sample's votes (CPU-heavy), and the
+        models' pass rates from the samples' execution results."""
+        samples = read_samples(self.samples_dir)
+        board = leaderboard(votes_from_samples(samples), bootstrap_n=self.bootstrap)
+        return board, pass_rates(samples)
+
+
+def _pass_json(rate: PassRate | None) -> dict[str, Any]:
+    """A leaderboard entry's execution columns (none when the model's answers never ran)."""
+    if rate is None:
+        return {}
+    return {"runs": rate.runs, "pass_rate": rate.pass_rate}

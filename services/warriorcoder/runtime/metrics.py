@@ -68,6 +68,17 @@ GENERATED_TOKENS = Counter(
     "Tokens generated, as the backend counts them (where it reports them: vLLM backend 24.12+)",
     ["model", "role"],
 )
+INFERENCE_CONCURRENCY_LIMIT = Gauge(
+    "warriorcoder_inference_concurrency_limit",
+    "Requests a replica may have in flight to one model endpoint now (adaptive, capped by "
+    "max_concurrency)",
+    ["model", "endpoint"],
+)
+INFERENCE_IN_FLIGHT = Gauge(
+    "warriorcoder_inference_in_flight",
+    "Requests a replica has in flight to one model endpoint now",
+    ["model", "endpoint"],
+)
 
 CHALLENGES_MINED = Counter(
     "warriorcoder_challenges_mined_total", "Instructions mined from attackers", ["attacker"]
@@ -109,3 +120,40 @@ RATING_CONFLICTS = Counter(
     "warriorcoder_rating_conflicts_total", "Optimistic-concurrency retries on the ratings"
 )
 ELO = Gauge("warriorcoder_elo_rating", "Online Elo rating", ["model"])
+
+# Sandboxed test runs take up to the sandbox's wall limit (default 20 s), most well under one.
+_SANDBOX_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
+
+VERIFIER_BATTLES = Counter(
+    "warriorcoder_verifier_battles_total",
+    "Battles the verifier passed on to the judges: verified (tests run) or unverified (no "
+    "usable tests)",
+    ["result"],
+)
+VERIFIER_RUNS = Counter(
+    "warriorcoder_verifier_runs_total",
+    "Answers run against their battle's tests, by model and outcome (passed: every test "
+    "passed; failed, no_code, timeout, sandbox_error)",
+    ["model", "outcome"],
+)
+VERIFIER_TESTS = Counter(
+    "warriorcoder_verifier_tests_total",
+    "Tests run against a model's answers (a run without code or killed at a limit counts every "
+    "test, none passed; sandbox errors count none): the pass rate's denominator",
+    ["model"],
+)
+VERIFIER_TESTS_PASSED = Counter(
+    "warriorcoder_verifier_tests_passed_total",
+    "Tests a model's answers passed: the pass rate's numerator",
+    ["model"],
+)
+VERIFIER_TIMEOUTS = Counter(
+    "warriorcoder_verifier_timeouts_total",
+    "Answers killed at the sandbox's wall-clock or CPU limit",
+    ["model"],
+)
+VERIFIER_SANDBOX_SECONDS = Histogram(
+    "warriorcoder_verifier_sandbox_seconds",
+    "Wall time of one sandboxed test run (runs that used the sandbox: ran or timed out)",
+    buckets=_SANDBOX_BUCKETS,
+)

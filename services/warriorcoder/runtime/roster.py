@@ -14,8 +14,8 @@ the prompt text *with* special tokens (Triton's vLLM backend passes ``text_input
 put a second one before the template's own. Unless the model says its tokenizer adds none
 (``tokenizer_adds_bos: false``), the template's leading BOS is therefore left out of everything
 it renders (``render``, ``conversation``, ``magpie_prefix``); the model then sees exactly one BOS.
-The sampling of the response, judge, quality and tests roles comes from ``settings.sampling``; mining
-samples a temperature x top-p grid and stays with the challenger.
+The sampling of the response, judge, quality and tests roles comes from ``settings.sampling``;
+mining samples a temperature x top-p grid and stays with the challenger.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ __all__ = [
     "NearDupSettings",
     "QualitySettings",
     "RoleSampling",
-    "SandboxSettings",
     "SamplingSettings",
+    "SandboxSettings",
     "ScoringSettings",
     "Secret",
     "ServiceSettings",
@@ -154,7 +154,16 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # preset or file; left out for a `local` model: its own template, from its tokenizer config
     chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
     contract: Literal["vllm"] = "vllm"
-    max_concurrency: PositiveInt = 8
+    max_concurrency: PositiveInt = 8  # the cap: requests in flight to one endpoint, per replica
+    # Adaptive concurrency (warriorcoder.runtime.limiter): the limit per endpoint starts at
+    # `initial_concurrency` (default: the cap, or 8 when the cap is higher), grows while the
+    # latency per generated token stays within `latency_tolerance` times its unloaded value,
+    # shrinks when it rises past that or the backend rejects or times out, and stays within
+    # [`min_concurrency`, `max_concurrency`]. false: always `max_concurrency`.
+    adaptive_concurrency: bool = True
+    min_concurrency: PositiveInt = 1
+    initial_concurrency: PositiveInt | None = None
+    latency_tolerance: Annotated[float, Meta(ge=1, le=100)] = 2.0
     timeout_s: PositiveFloat = 600.0
     # The backend takes vLLM's guided choice: verdicts and quality scores are then asked as a
     # constrained choice, which keeps even weak models' answers well-formed.
@@ -173,6 +182,13 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # after the outage began (then they fail, retryable, as before). 0 turns the waiting off.
     max_outage_s: Annotated[float, Meta(ge=0)] = 900.0
     probe_interval_s: PositiveFloat = 1.0
+
+    @property
+    def start_concurrency(self) -> int:
+        """The adaptive limit's starting value: ``initial_concurrency``, else the cap up to 8."""
+        if self.initial_concurrency is not None:
+            return self.initial_concurrency
+        return max(self.min_concurrency, min(self.max_concurrency, 8))
 
     @property
     def is_local(self) -> bool:
@@ -207,6 +223,17 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
             raise ConfigError(
                 f"{key}`: give `triton_url: host:port` (a running Triton) or a "
                 "`local: {path: ...}` section (served by `warriorcoder up`)"
+            )
+        if self.min_concurrency > self.max_concurrency:
+            raise ConfigError(
+                f"{key}.min_concurrency`: {self.min_concurrency} is above max_concurrency "
+                f"{self.max_concurrency}"
+            )
+        start = self.initial_concurrency
+        if start is not None and not self.min_concurrency <= start <= self.max_concurrency:
+            raise ConfigError(
+                f"{key}.initial_concurrency`: {start} is outside [min_concurrency, "
+                f"max_concurrency] = [{self.min_concurrency}, {self.max_concurrency}]"
             )
         tpl = self.chat_template
         if tpl.preset is not None and tpl.file is not None:

@@ -4,7 +4,7 @@ Usage::
 
     STAGE = Stage(
         name="verifier",
-        consumes=Consumes(subjects.STREAM_BATTLES, "verifier", Battle),
+        consumes=Consumes.declared("verifier", Battle),
         models=no_models,
         setup=setup,
     )
@@ -13,24 +13,24 @@ One runner (``warriorcoder.runtime.service.run_service``) serves every stage: it
 NATS, ensures the topology, opens the Triton clients of ``models(settings)``, serves the health and
 metrics endpoints, enters ``setup(deps)`` to build the handler, and consumes the stream with the
 service's in-flight and drain limits until SIGTERM. A new stage is a small file; the verifier
-(consumes battles, runs both answers' code, publishes verified battles, calls no model)::
+(``warriorcoder.stages.verifier``: consumes answered battles, runs both answers' code against
+their tests in a sandbox, publishes the battles to the judges, calls no model) is, in short::
 
     @asynccontextmanager
     async def setup(deps: Deps) -> AsyncIterator[Handler[Battle]]:
-        sandbox = Sandbox(deps.settings.verifier)   # anything to open and close: here
+        sandbox = Sandbox(deps.settings.verifier.sandbox)   # anything to open and close: here
         try:
-            yield make_handler(sandbox, deps.publisher)
+            yield make_handler(deps.settings, sandbox, deps.publisher)
         finally:
             await sandbox.close()
 
-    def make_handler(sandbox: Sandbox, publisher: Publisher) -> Handler[Battle]:
+    def make_handler(settings, sandbox, publisher) -> Handler[Battle]:
         async def handle(b: Battle) -> None:
-            # CPU-bound work goes to a thread, off the event loop
-            report = await asyncio.to_thread(sandbox.run, b)
-            await publisher.publish(subjects.VERIFIED, verified(b, report), msg_id=b.id)
+            runs = await gather(sandbox.run_pytest(...), sandbox.run_pytest(...))
+            await publisher.publish(subjects.BATTLES, with_execution(b, runs), msg_id=b.id)
         return handle
 
-    STAGE = Stage(name="verifier", consumes=Consumes(subjects.STREAM_BATTLES, "verifier", Battle),
+    STAGE = Stage(name="verifier", consumes=Consumes.declared("verifier", Battle),
                   models=no_models, setup=setup)
 
 and one line in ``warriorcoder.stages.STAGES``. Handlers take the narrow interfaces of

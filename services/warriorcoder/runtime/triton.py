@@ -26,6 +26,14 @@ served before, opens it; calls then wait (a consumer's message stays held: the b
 after the outage it met began, then raises ``BackendDown`` (retryable), as a failure did before.
 A failure while the model is ready is raised at once, as before. ``available(model)`` and
 ``wait_available(model)`` let a producer (the challenger) hold off while a model is down.
+
+Concurrency adapts per model and endpoint (``warriorcoder.runtime.limiter``): each endpoint of a
+model has a ``ConcurrencyGate`` whose limit grows while the latency per generated token stays
+flat and shrinks when it rises or the backend drops requests (a retryable error while the model
+is ready, or a timeout), capped by ``max_concurrency``; an outage restarts it from
+``min_concurrency``. A request's latency is measured from when it gets its slot, so waiting in
+the gate never counts as backend latency. ``limits()`` reads the current limits (also the
+``warriorcoder_inference_concurrency_limit`` gauge).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from warriorcoder.errors import ArenaError, RetryableError
 from warriorcoder.proto.messages import SamplingParams
 from warriorcoder.runtime import metrics, vllm
 from warriorcoder.runtime.circuit import Circuit
+from warriorcoder.runtime.limiter import ConcurrencyGate, FixedLimit, GradientLimit, LimitAlgorithm
 from warriorcoder.runtime.settings import ConfigError, ModelSettings
 
 __all__ = [
@@ -58,6 +67,7 @@ __all__ = [
     "InferenceTimeout",
     "RetryableInferenceError",
     "TritonPool",
+    "concurrency_limit",
     "infer_request",
 ]
 
@@ -229,9 +239,33 @@ def _is_final(result: Any) -> bool:
     return bool(flag is not None and flag.bool_param)
 
 
+def concurrency_limit(cfg: ModelSettings) -> LimitAlgorithm:
+    """The limit algorithm of one endpoint of a model configured as ``cfg``."""
+    if not cfg.adaptive_concurrency:
+        return FixedLimit(cfg.max_concurrency)
+    return GradientLimit(
+        initial=cfg.start_concurrency,
+        min_limit=cfg.min_concurrency,
+        max_limit=cfg.max_concurrency,
+        tolerance=cfg.latency_tolerance,
+    )
+
+
+def _gate(model: str, endpoint: str, cfg: ModelSettings) -> ConcurrencyGate:
+    limit = metrics.INFERENCE_CONCURRENCY_LIMIT.labels(model=model, endpoint=endpoint)
+    in_flight = metrics.INFERENCE_IN_FLIGHT.labels(model=model, endpoint=endpoint)
+
+    def observe(now: int, busy: int) -> None:
+        limit.set(now)
+        in_flight.set(busy)
+
+    return ConcurrencyGate(concurrency_limit(cfg), on_change=observe)
+
+
 class _Backend:
-    """One configured model: its client, its concurrency limit, its backend's release, and its
-    circuit (open while the model is down)."""
+    """One configured model: its client, its concurrency gate (keyed, like the limit metric, by
+    model and endpoint: one endpoint per model today), its backend's release, and its circuit
+    (open while the model is down)."""
 
     def __init__(
         self,
@@ -243,7 +277,8 @@ class _Backend:
         self.name = name
         self.cfg = cfg
         self.client = client
-        self.slots = asyncio.Semaphore(cfg.max_concurrency)
+        self.endpoint = cfg.endpoint
+        self.gate = _gate(name, self.endpoint, cfg)
         self.release = release
         self.circuit = Circuit(name, self.probe, probe_interval_s=cfg.probe_interval_s)
         self.served = False  # seen ready or answering: an "unknown model" later is an outage
@@ -329,6 +364,10 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         b = self._backends.get(model)
         return b is not None and b.cfg.guided_choice
 
+    def limits(self) -> dict[tuple[str, str], int]:
+        """The current concurrency limit of each (model, endpoint)."""
+        return {(b.name, b.endpoint): b.gate.limit for b in self._backends.values()}
+
     async def ready(self) -> dict[str, bool]:
         """Each model's readiness as Triton reports it (False when unreachable)."""
         results = await asyncio.gather(*(b.probe() for b in self._backends.values()))
@@ -390,8 +429,10 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         unknown = not exc.retryable and b.served and _UNKNOWN_MODEL.search(str(exc)) is not None
         if not (exc.retryable or unknown):
             return False  # a wrong request: permanent whatever the backend's state
-        if not b.circuit.is_open and await b.probe():
-            return False  # the model is ready: a transient failure, raised as before
+        if not b.circuit.is_open:
+            if await b.probe():
+                return False  # the model is ready: a transient failure, raised as before
+            b.gate.restart()  # a new outage: the limit starts over once the model is back
         b.circuit.trip(f"{type(exc).__name__}: {exc}")
         return True
 
@@ -405,8 +446,8 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         role: str,
     ) -> Generation:
         model = backend.name
-        async with backend.slots:
-            start = time.monotonic()
+        async with backend.gate.slot() as slot:
+            start = time.monotonic()  # from the slot on: waiting for it is not backend latency
             outcome = "ok"
             try:
                 got = await asyncio.wait_for(
@@ -415,6 +456,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 )
             except TimeoutError:
                 outcome = "timeout"
+                slot.drop(time.monotonic() - start)
                 raise InferenceTimeout(
                     model, f"no final response within {backend.cfg.timeout_s:g}s"
                 ) from None
@@ -423,11 +465,14 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                     outcome = "timeout"
                 else:
                     outcome = "retryable_error" if exc.retryable else "error"
+                if exc.retryable:  # overloaded, rejected, timed out (an outage restarts it)
+                    slot.drop(time.monotonic() - start)
                 raise
             finally:
                 elapsed = time.monotonic() - start
                 metrics.INFERENCE_SECONDS.labels(model=model, role=role).observe(elapsed)
                 metrics.INFERENCE_REQUESTS.labels(model=model, role=role, outcome=outcome).inc()
+            slot.done(elapsed, got.tokens)
             backend.served = True
             text = "".join(got.chunks)
             metrics.GENERATED_CHARS.labels(model=model, role=role).inc(len(text))

@@ -24,6 +24,7 @@ __all__ = ["STAGES", "load"]
 STAGES: dict[str, str] = {
     "challenger": "warriorcoder.stages.challenger.service",
     "responder": "warriorcoder.stages.responder.service",
+    "verifier": "warriorcoder.stages.verifier.service",
     "judge": "warriorcoder.stages.judge.service",
     "aggregator": "warriorcoder.stages.aggregator.service",
 }

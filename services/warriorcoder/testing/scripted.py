@@ -21,6 +21,35 @@ Sampling follows the vLLM contract of ``warriorcoder.runtime.vllm`` (``validate_
 ``stop_strings``, ``SAMPLING_KEYS`` and the default ``max_tokens`` are its own, re-exported here).
 ``sample`` also says what vLLM would report: the finish reason (``length`` when ``max_tokens`` cut
 the text, else ``stop``) and the number of tokens (runs of non-whitespace) generated.
+
+Execution-checked battles (the verifier) build on these behaviours, all deterministic:
+
+- **Test writer.** A prompt of ``warriorcoder.arena.test_writing.writer_messages`` (it holds
+  ``TASK_START_MARK``) gets a reply with one ```python block: ``scripted_code.scripted_tests``,
+  four pytest tests of the scripted spec below, for the task's last backticked identifier (the one
+  the answerers name their function after; ``solve`` when there is none). With
+  ``garble_first_tests: n`` a model's first n test-writing replies hold no code block (the
+  responder re-asks; a huge n means never any usable tests).
+- **Answers.** The scripted spec: ``<ident>(data)`` returns the sorted distinct items of ``data``.
+  What an answer's code does is the model's ``skill``: ``correct`` passes all 4 tests,
+  ``partial`` (keeps duplicates) passes 3, ``wrong`` (returns ``data`` unchanged) passes 2. By
+  default the skill follows the strength (>= 8 correct, >= 4 partial, else wrong): in the shipped
+  arena alpha (9) is correct, beta (5) partial, gamma (2) wrong, so the stronger model always
+  passes more tests. Set ``skill`` to decouple them (e.g. two models of equal strength, one
+  ``correct`` and one ``wrong``: the judges cannot tell them apart by quality, the tests can).
+- **Hostile code.** An answer is hostile when its prompt (the challenge's instruction) holds a
+  marker ``[[hostile:<kind>]]`` or ``[[hostile:<kind>:<argument>]]`` (every answerer of that
+  challenge turns hostile; a marker that does not parse is ignored), or when the model is set
+  ``hostile: <kind>[:<argument>]`` (all its answers, whatever the challenge), or ``hostile: any``
+  (a kind per challenge: ``HOSTILE_KINDS[crc32(ident) % 8]``). The marker wins over the setting,
+  both over ``skill``. Kinds: socket, write, read, fork, memory, output, sleep, spin; what each
+  does and reports is in ``warriorcoder.testing.scripted_code``. A hostile answer still ends with
+  the model's ``quality=<strength>`` line.
+- **Judges and execution results.** When a judge prompt carries the execution results (the
+  "Execution results" blocks of ``arena.prompts.judge_messages``, read by their nonce) and the
+  answers' qualities tie, the judge prefers the answer that passed more tests
+  (``execution_passed``: a timeout or no code counts 0 passed, a sandbox error is unknown); when
+  the qualities differ, or the counts are equal or unknown, it judges by quality as before.
 """
 
 from __future__ import annotations
@@ -35,8 +64,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-from warriorcoder.arena.prompts import ANSWER_A_START, read_judge_prompt
+from warriorcoder.arena.prompts import ANSWER_A_START, read_execution_results, read_judge_prompt
 from warriorcoder.arena.quality import QUESTION_START_MARK
+from warriorcoder.arena.test_writing import TASK_START_MARK, read_writer_prompt
 from warriorcoder.localmodels.models_file import (
     check_model_name,
     load_models_file,
@@ -49,14 +79,27 @@ from warriorcoder.runtime.vllm import (
     stop_strings,
     validate_sampling_params,
 )
+from warriorcoder.testing.scripted_code import (
+    HOSTILE_KINDS,
+    SKILLS,
+    Hostile,
+    Skill,
+    answer_code,
+    hostile_code,
+    parse_hostile,
+    scripted_tests,
+    skill_for,
+)
 
 __all__ = [
+    "HOSTILE_MARK_RE",
     "MINING_PHRASE",
     "SAMPLING_KEYS",
     "SCRIPTED_MODELS",
     "VLLM_DEFAULT_MAX_TOKENS",
     "ScriptedModel",
     "apply_sampling",
+    "execution_passed",
     "judge_answers",
     "load_models",
     "parse_models",
@@ -76,6 +119,9 @@ _MINING_LANG_RE = re.compile(r"(\S+) coding problems")
 _ANSWER_LANG_RE = re.compile(r"expert (\S+) programmer")
 _IDENT_RE = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 _TOKEN_RE = re.compile(r"\S+")
+HOSTILE_MARK_RE = re.compile(r"\[\[hostile:([^\]\s]+)\]\]")  # in a challenge: hostile answers
+# The test-count line of a run that finished (``arena.prompts.execution_summary``'s second line).
+_TESTS_LINE_RE = re.compile(r"^tests: (\d+) passed, ")
 _SEED_SPACE = 100_003  # mining numbers: seed-derived block plus a per-model call counter
 
 # Instructions are composed from three independent parts so that, like a real model's, they
@@ -238,7 +284,7 @@ _DOMAIN = [
     "spice",
 ]
 
-Role = Literal["judge", "miner", "scorer", "answerer"]
+Role = Literal["judge", "miner", "scorer", "tester", "answerer"]
 
 # Every LOW_QUALITY_EVERY-th mined instruction is vague; the scripted scorer rates it low.
 LOW_QUALITY_EVERY = 7
@@ -254,6 +300,8 @@ def role_of(prompt: str) -> Role:
         return "judge"
     if QUESTION_START_MARK in prompt:
         return "scorer"
+    if TASK_START_MARK in prompt:
+        return "tester"
     if MINING_PHRASE in prompt:
         return "miner"
     return "answerer"
@@ -269,6 +317,33 @@ def judge_answers(prompt: str) -> tuple[str, str]:
     """Answers A and B of a judge prompt, by the rule in the module docstring."""
     parts = read_judge_prompt(prompt)
     return ("", "") if parts is None else (parts[1], parts[2])
+
+
+def execution_passed(prompt: str) -> tuple[int | None, int | None]:
+    """Tests passed by answers A and B as a judge prompt's execution results state them.
+
+    The summaries are read by the prompt's nonce (``arena.prompts.read_execution_results``), and
+    in each only the lines the arena writes before the run's own output: a run that finished
+    counts the number on its second line ("tests: <n> passed, ..."), a run that timed out or had
+    no code counts 0, a sandbox error (not the answer's fault) or anything else is None, as is
+    an answer of a prompt without execution results. Text in the answers or in a run's output
+    cannot change the counts.
+    """
+    read = read_execution_results(prompt)
+    if read is None:
+        return None, None
+    return _passed(read[0]), _passed(read[1])
+
+
+def _passed(summary: str) -> int | None:
+    lines = summary.splitlines()
+    status = lines[0] if lines else ""
+    if status.startswith("status: ran"):
+        m = _TESTS_LINE_RE.match(lines[1]) if len(lines) > 1 else None
+        return int(m.group(1)) if m else None
+    if status.startswith(("status: timed out", "status: no code")):
+        return 0
+    return None
 
 
 def pick_choice(text: str, choices: list[str]) -> str:
@@ -324,11 +399,16 @@ class ScriptedModel:
     strength: int
     garble_first_verdicts: int = 0
     latency_s: float = 0.0
+    skill: Skill | None = None  # what its code does (module docstring); None: by strength
+    hostile: str | None = None  # answer with hostile code: "<kind>[:<argument>]" or "any"
+    garble_first_tests: int = 0  # test-writing replies without a code block, first
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
     _mined: int = field(default=0, init=False, repr=False, compare=False)
     _judged: int = field(default=0, init=False, repr=False, compare=False)
+    _tested: int = field(default=0, init=False, repr=False, compare=False)
+    _hostile: Hostile | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -342,6 +422,18 @@ class ScriptedModel:
         latency = self.latency_s
         if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
             raise ValueError(f"latency_s: expected a number >= 0, got {latency!r}")
+        if self.skill is not None and self.skill not in SKILLS:
+            raise ValueError(f"skill: expected one of {', '.join(SKILLS)}, got {self.skill!r}")
+        if self.hostile is not None and self.hostile != "any":
+            if not isinstance(self.hostile, str):
+                raise ValueError(f"hostile: expected a string, got {self.hostile!r}")
+            try:
+                self._hostile = parse_hostile(self.hostile)
+            except ValueError as exc:
+                raise ValueError(f"hostile: {exc}") from None
+        garble = self.garble_first_tests
+        if isinstance(garble, bool) or not isinstance(garble, int) or garble < 0:
+            raise ValueError(f"garble_first_tests: expected an integer >= 0, got {garble!r}")
 
     def generate(self, prompt: str, params: Mapping[str, Any]) -> str:
         """The raw text this model "generates" for prompt (before ``apply_sampling``)."""
@@ -352,6 +444,8 @@ class ScriptedModel:
             return self._mine(prompt, params)
         if role == "scorer":
             return self._score(prompt)
+        if role == "tester":
+            return self._write_tests(prompt)
         return self._answer(prompt)
 
     def _score(self, prompt: str) -> str:
@@ -369,6 +463,13 @@ class ScriptedModel:
         summary = f"Assistant A's answer rates {qa}/10 and Assistant B's answer rates {qb}/10."
         if garble:
             return f"{summary} Both answers try to address the question; it is hard to say more."
+        if qa == qb:  # the tests may tell them apart
+            pa, pb = execution_passed(prompt)
+            if pa is not None and pb is not None and pa != pb:
+                tests = f"{summary} A passed {pa} tests and B passed {pb}."
+                return f"{tests} {'A' if pa > pb else 'B'} is correct more often.\n" + (
+                    "[[A]]" if pa > pb else "[[B]]"
+                )
         if qa > qb:
             return f"{summary} A is more complete and more accurate.\n[[A]]"
         if qb > qa:
@@ -408,19 +509,41 @@ class ScriptedModel:
         s = self.strength
         if s >= 8:
             intro = "Here is a complete solution that handles empty and duplicate inputs."
-            body = f"    # level {s}: validated input, edge cases covered\n"
-            body += "    if not data:\n        return []\n    return sorted(set(data))\n"
             outro = "It runs in O(n log n) and is covered by tests for edge cases.\n"
         elif s >= 4:
-            intro = "Here is a solution."
-            body = f"    # level {s}: straightforward approach\n    return sorted(data)\n"
-            outro = ""
+            intro, outro = "Here is a solution.", ""
         else:
-            intro = "Try this."
-            body = f"    # level {s}: rough sketch, edge cases missing\n    return data\n"
-            outro = ""
+            intro, outro = "Try this.", ""
+        hostile = self._hostile_for(prompt, ident)
+        if hostile is not None:
+            code = hostile_code(ident, hostile)
+        else:
+            code = answer_code(ident, self.skill or skill_for(s), level=s)
         fence = language.lower()
-        return f"{intro}\n```{fence}\ndef {ident}(data):\n{body}```\n{outro}quality={s}"
+        return f"{intro}\n```{fence}\n{code}```\n{outro}quality={s}"
+
+    def _hostile_for(self, prompt: str, ident: str) -> Hostile | None:
+        for spec in HOSTILE_MARK_RE.findall(prompt):
+            try:
+                return parse_hostile(spec)
+            except ValueError:
+                continue  # not a marker of ours: ignored (module docstring)
+        if self.hostile == "any":
+            return HOSTILE_KINDS[zlib.crc32(ident.encode()) % len(HOSTILE_KINDS)], None
+        return self._hostile
+
+    def _write_tests(self, prompt: str) -> str:
+        with self._lock:
+            garble = self._tested < self.garble_first_tests
+            self._tested += 1
+        read = read_writer_prompt(prompt)
+        task = read[1] if read is not None else prompt
+        idents = _IDENT_RE.findall(task)
+        ident = idents[-1] if idents else "solve"
+        if garble:
+            return f"I would test `{ident}` on empty input, sorted input and duplicates."
+        tests = scripted_tests(ident)
+        return f"Here are pytest tests for `{ident}`.\n```python\n{tests}```\nRun them with pytest."
 
 
 def parse_models(doc: Any) -> list[ScriptedModel]:

@@ -64,9 +64,9 @@ def make_handler(
 
         # A sample already in the dataset whose battle is not the last one applied: a judgement
         # re-published after the de-dup window, for a battle applied, written and acked long ago.
-        applied = await store.apply(
-            j.id, ch.attacker, ch.defender, step, in_dataset=j.id in writer.ids
-        )
+        # (the writer's on-disk index answers, so memory does not grow with the dataset)
+        in_dataset = await writer.contains(j.id)
+        applied = await store.apply(j.id, ch.attacker, ch.defender, step, in_dataset=in_dataset)
         if applied is None:
             metrics.DUPLICATES.inc()
             log.warning("battle already in the dataset: nothing changed", extra={"id": j.id})

@@ -7,7 +7,9 @@ Usage::
 Judges are the arena's judge pool minus the battle's two competitors. In ``both`` mode (default)
 each judge sees the answers in both orders and a judge whose orders disagree votes a tie; in
 ``alternate`` mode (the paper's) one order, chosen by the battle id's parity. A reply without a
-verdict label is re-asked, then the vote is recorded invalid.
+verdict label is re-asked, then the vote is recorded invalid. A battle the verifier ran shows the
+judges each answer's execution summary after the answers (``judge.show_execution``), swapped with
+the answers in the other order.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from warriorcoder.arena.verdicts import (
     winner_of,
 )
 from warriorcoder.proto import subjects
-from warriorcoder.proto.messages import Battle, Judgement, Vote
+from warriorcoder.proto.messages import Battle, Judgement, RunResult, Vote
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ask import Asked, ask
 from warriorcoder.runtime.ports import Inference, Publisher
@@ -50,11 +52,17 @@ def make_handler(
     answer each verdict shows first) is the rule the aggregator checks the votes against."""
     s = settings
 
-    async def verdict(judge: str, question: str, first: str, second: str) -> Asked[Label]:
+    async def verdict(
+        judge: str,
+        question: str,
+        first: str,
+        second: str,
+        runs: tuple[RunResult, RunResult] | None,
+    ) -> Asked[Label]:
         asked: Asked[Label] = await ask(
             inference,
             roster[judge],
-            lambda reask: judge_messages(question, first, second, reask=reask),
+            lambda reask: judge_messages(question, first, second, reask=reask, execution=runs),
             parse_verdict,
             role="judge",
             choices=VERDICT_CHOICES,
@@ -67,8 +75,19 @@ def make_handler(
     async def vote(judge: str, b: Battle, orders: list[Role]) -> Vote:
         question = b.challenge.instruction
         answers = {"attacker": b.attacker_answer.text, "defender": b.defender_answer.text}
+        ex = b.execution if s.judge.show_execution else None
+        runs = None if ex is None else {"attacker": ex.attacker, "defender": ex.defender}
         results = await gather(
-            *(verdict(judge, question, answers[first], answers[_other(first)]) for first in orders)
+            *(
+                verdict(
+                    judge,
+                    question,
+                    answers[first],
+                    answers[_other(first)],
+                    None if runs is None else (runs[first], runs[_other(first)]),
+                )
+                for first in orders
+            )
         )
         labels = [r.value for r in results]
         winner = combine(orders, labels)

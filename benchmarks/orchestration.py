@@ -1,0 +1,131 @@
+"""Orchestration cost: CPU time per battle of each service, with backends that answer at once.
+
+Usage::
+
+    python benchmarks/orchestration.py --battles 200 [--warmup 30] [--profile DIR]
+
+Runs ``LocalArena`` with scripted models (near-instant, on the local PyTriton Triton; verifier
+off), lets ``--warmup`` battles pass, then reads each service process's CPU time (``utime +
+stime`` of ``/proc/<pid>/stat``) before and after ``--battles`` more samples are on disk: CPU
+milliseconds per battle per service and their sum. End to end it reports battles per second,
+and then sends the same requests straight to Triton (as many per model as Triton served during
+the measured battles, read off its ``nv_inference_request_success`` counter; one prompt, full
+concurrency, through the services' own ``TritonPool``): the backend's own ceiling, for the
+ratio. ``--profile DIR`` records a py-spy flame graph (``DIR/<service>.svg``) of every service
+over the measured battles (py-spy's sampling costs CPU: compare figures without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from warriorcoder.launcher.arena import LocalArena
+from warriorcoder.proto.messages import SamplingParams
+from warriorcoder.runtime.triton import TritonPool
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+SERVICES = ("challenger", "responder", "verifier", "judge", "aggregator")
+PROMPT = "Write a Python function that returns the sum of a list of integers."
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def triton_requests(metrics_port: int) -> dict[str, int]:
+    """Requests each model has served so far, from Triton's Prometheus metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    counts: dict[str, int] = {}
+    for m in re.finditer(
+        r'^nv_inference_request_success\{model="([^"]+)"[^}]*\} (\S+)', text, re.M
+    ):
+        counts[m[1]] = counts.get(m[1], 0) + int(float(m[2]))
+    return counts
+
+
+async def direct(arena: LocalArena, requests: dict[str, int], concurrency: int) -> float:
+    """Seconds to send ``requests`` (per model) straight to Triton at full concurrency."""
+    assert arena.run_settings is not None
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=256)
+    work = [m for m, n in requests.items() for _ in range(n)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(pool: TritonPool, model: str) -> None:
+        async with sem:
+            await pool.generate(model, PROMPT, params, role="response")
+
+    async with TritonPool(arena.run_settings.models) as pool:
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tg:
+            for model in work:
+                tg.create_task(one(pool, model))
+        return time.monotonic() - started
+
+
+async def run(args: argparse.Namespace, data_dir: Path) -> None:
+    total = args.warmup + args.battles
+    async with LocalArena(data_dir, mode="scripted", battles=total, verifier="off") as arena:
+        async with asyncio.timeout(3600):
+            await arena.wait_for_samples(args.warmup, poll_s=0.05)
+        pids = {name: arena.procs[name].pid for name in SERVICES if name in arena.procs}
+        metrics_port = arena.procs["tritonserver"].ports["metrics"]
+        served = triton_requests(metrics_port)
+        before = {name: cpu_s(pid) for name, pid in pids.items()}
+        spies = []
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for name, pid in pids.items():
+                argv = ["record", "--pid", str(pid), "--rate", "50", "--nonblocking"]
+                argv += ["-o", str(args.profile / f"{name}.svg")]
+                spies.append(await asyncio.create_subprocess_exec(args.py_spy, *argv))
+        started = time.monotonic()
+        async with asyncio.timeout(3600):
+            await arena.wait_for_samples(total, poll_s=0.05)
+        took = time.monotonic() - started
+        after = {name: cpu_s(pid) for name, pid in pids.items()}
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes its flame graph and exits
+            await spy.wait()
+        now = triton_requests(metrics_port)
+        requests = {m: now[m] - served.get(m, 0) for m in now if now[m] > served.get(m, 0)}
+        straight = await direct(arena, requests, args.concurrency)
+    per_battle = {n: (after[n] - before[n]) / args.battles * 1e3 for n in pids}
+    for name, ms in per_battle.items():
+        print(f"cpu_ms_per_battle {name}={ms:.2f}")
+    print(f"cpu_ms_per_battle sum={sum(per_battle.values()):.2f}")
+    calls = sum(requests.values())
+    print(
+        f"battles={args.battles} run={took:.1f}s arena={args.battles / took:.1f} battles/s "
+        f"requests={calls} ({calls / args.battles:.1f}/battle) "
+        f"triton_direct={args.battles / straight:.1f} battles/s "
+        f"ratio={straight / took:.3f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--battles", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--concurrency", type=int, default=64, help="direct requests in flight")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs here")
+    ap.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
