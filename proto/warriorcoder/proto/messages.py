@@ -187,6 +187,10 @@ class Vote(msgspec.Struct, frozen=True, kw_only=True):
     verdicts: list[Verdict]
     winner: Winner
     asked: Annotated[int, Meta(ge=1)]  # LLM calls made, re-asks included
+    # The judge's raw reply per order (its reasoning and verdict), aligned with ``orders``; a
+    # re-asked order keeps its last reply. Empty in votes of earlier versions.
+    reasons: list[str] = []
+    sampling: SamplingParams | None = None  # the judge call's sampling
 
 
 class Judgement(_Base, tag="warriorcoder.v1.judgement", frozen=True, kw_only=True):

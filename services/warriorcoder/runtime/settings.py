@@ -154,6 +154,9 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     # preset or file; left out for a `local` model: its own template, from its tokenizer config
     chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
     contract: Literal["vllm"] = "vllm"
+    # The model's family (e.g. qwen, llama, deepseek): by default a judge never judges a battle
+    # where a fighter shares its family (judge.family_policy).
+    family: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)] | None = None
     max_concurrency: PositiveInt = 8  # the cap: requests in flight to one endpoint, per replica
     # Adaptive concurrency (warriorcoder.runtime.limiter): the limit per endpoint starts at
     # `initial_concurrency` (default: the cap, or 8 when the cap is higher), grows while the
@@ -349,6 +352,10 @@ class JudgeSettings(_Config, frozen=True, kw_only=True):
     max_reasks: Annotated[int, Meta(ge=0, le=3)] = 1
     # With the verifier on: show the judges each answer's execution summary in the prompt.
     show_execution: bool = True
+    # A judge of a fighter's family: left out of the battle (exclude), counted with
+    # ``same_family_weight`` (weight), or treated like any other judge (off).
+    family_policy: Literal["exclude", "weight", "off"] = "exclude"
+    same_family_weight: Annotated[float, Meta(ge=0, le=1)] = 0.5
 
 
 class SandboxSettings(_Config, frozen=True, kw_only=True):
