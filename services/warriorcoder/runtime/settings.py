@@ -333,7 +333,9 @@ class DiversitySettings(_Config, frozen=True, kw_only=True):
 class ChallengerSettings(_Config, frozen=True, kw_only=True):
     low_water: Annotated[int, Meta(ge=0)] = 8
     high_water: PositiveInt = 32
-    concurrency: PositiveInt = 4  # mining calls in flight
+    # Mining calls in flight: mining plus quality scoring take seconds per instruction, so fewer
+    # than ~16 workers leave a five-model arena's engines idle (benchmarks/saturation.py).
+    concurrency: PositiveInt = 16
     min_chars: PositiveInt = 20
     max_chars: PositiveInt = 4000
     poll_interval_s: PositiveFloat = 1.0
