@@ -3,12 +3,26 @@
 Usage::
 
     python benchmarks/memory.py --battles 2000 [--warmup 300] [--every 100]
+    python benchmarks/memory.py --service judge --battles 100000 [--warmup 5000] [--every 1000]
+    python benchmarks/memory.py --service challenger --battles 100000 --max-seconds 1200
+    python benchmarks/memory.py --service judge --battles 20000 --tracemalloc
 
-Runs ``LocalArena`` with scripted models (near-instant, on the local PyTriton Triton; verifier
-off) for ``--battles`` samples and reads each service's resident set size (``VmRSS`` of
-``/proc/<pid>/status``) every ``--every`` samples. The slope is a least-squares line through the
-points after ``--warmup`` samples (imports, caches and pools filled), in bytes per 1,000 battles:
-flat memory means a slope near zero, and the starting RSS says what the level is.
+The whole arena: runs ``LocalArena`` with scripted models (near-instant, on the local PyTriton
+Triton; verifier off) for ``--battles`` samples and reads each service's resident set size
+(``VmRSS`` of ``/proc/<pid>/status``) every ``--every`` samples. The slope is a least-squares
+line through the points after ``--warmup`` samples (imports, caches and pools filled), in bytes
+per 1,000 battles: flat memory means a slope near zero, and the starting RSS says what the level
+is.
+
+``--service NAME`` (challenger, responder, judge or aggregator): that one service alone, as its
+real process, fed straight on its input stream at its own pace (``benchmarks/_drive.py``: valid
+challenges, battles or judgements published in chunks as the backlog drains; the challenger
+mines a budget of ``--battles``), so a long run takes minutes, not hours; the same samples and
+the same slope, per message the service handled; ``--max-seconds`` ends it early (the line says
+how many were done). ``--tracemalloc`` (with ``--service``) runs it under tracemalloc,
+snapshots at ``--warmup`` and at the end, and prints the lines of code whose kept allocations
+grew most in between (tracemalloc makes the service several times slower, and its own RSS grows
+with what it traces: read the lines, not the slope).
 """
 
 from __future__ import annotations
@@ -16,18 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import time
 from pathlib import Path
+
+from _drive import FLOW, Rig, rss_bytes
 
 from warriorcoder.launcher.arena import LocalArena
 
 SERVICES = ("challenger", "responder", "verifier", "judge", "aggregator")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -56,13 +66,35 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
                 points.setdefault(name, []).append((done, rss_bytes(pid)))
             print(" ".join(f"{n}={rss_bytes(p) / 2**20:.1f}MiB" for n, p in pids.items()), done)
     for name, pts in points.items():
-        after = [(b, r) for b, r in pts if b >= args.warmup]
-        s = slope([b for b, _ in after], [r for _, r in after]) * 1000
-        first, last = after[0][1] if after else 0, pts[-1][1]
-        print(
-            f"rss {name}: {first / 2**20:.1f} -> {last / 2**20:.1f} MiB, "
-            f"slope {s / 1024:+.1f} KiB per 1k battles"
-        )
+        print(summary(name, pts, args.warmup))
+
+
+def summary(name: str, pts: list[tuple[int, int]], warmup: int) -> str:
+    """One service's line: RSS at the warm-up mark and at the end, and the fitted slope."""
+    after = [(b, r) for b, r in pts if b >= warmup]
+    s = slope([b for b, _ in after], [r for _, r in after]) * 1000
+    first, last = after[0][1] if after else 0, pts[-1][1]
+    return (
+        f"rss {name}: {first / 2**20:.1f} -> {last / 2**20:.1f} MiB over {pts[-1][0]} battles "
+        f"(slope from {warmup}), slope {s / 1024:+.1f} KiB per 1k battles"
+    )
+
+
+def run_service(args: argparse.Namespace, tmp: Path) -> None:
+    started = time.monotonic()
+    with Rig(args.service, tmp, trace_at=args.warmup if args.tracemalloc else None) as rig:
+        ready = time.monotonic()
+        drive = rig.drive(args.battles, every=args.every, log=True, max_s=args.max_seconds)
+        points = asyncio.run(drive)
+        took = time.monotonic() - ready
+        for line in rig.growth():
+            print(line)
+    done = points[-1][0]
+    print(
+        f"{args.service}: {done} of {args.battles} in {took:.0f}s ({done / took:.1f}/s; "
+        f"start-up {ready - started:.0f}s)"
+    )
+    print(summary(args.service, points, args.warmup))
 
 
 def main() -> None:
@@ -70,9 +102,19 @@ def main() -> None:
     ap.add_argument("--battles", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--service", choices=sorted(FLOW), help="one service alone, fed directly")
+    ap.add_argument(
+        "--max-seconds", type=float, help="with --service: stop there, fewer battles done"
+    )
+    ap.add_argument("--tracemalloc", action="store_true", help="with --service: what grew")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args, Path(tmp)))
+        if args.tracemalloc and not args.service:
+            ap.error("--tracemalloc needs --service")
+        if args.service:
+            run_service(args, Path(tmp))
+        else:
+            asyncio.run(run(args, Path(tmp)))
 
 
 if __name__ == "__main__":

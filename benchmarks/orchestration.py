@@ -12,7 +12,9 @@ and then sends the same requests straight to Triton (as many per model as Triton
 the measured battles, read off its ``nv_inference_request_success`` counter; one prompt, full
 concurrency, through the services' own ``TritonPool``): the backend's own ceiling, for the
 ratio. ``--profile DIR`` records a py-spy flame graph (``DIR/<service>.svg``) of every service
-over the measured battles (py-spy's sampling costs CPU: compare figures without it).
+over the measured battles (py-spy's sampling costs CPU: compare figures without it); with
+``--profile-format raw`` it records collapsed stacks (``DIR/<service>.txt``) instead and prints
+each service's top frames by their share of the samples (inclusive: the frame or its callees).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import asyncio
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from warriorcoder.launcher.arena import LocalArena
@@ -43,6 +47,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls of a process so far (``syscr``, ``syscw`` of /proc/<pid>/io):
+    each NATS or gRPC flush is a write, each wake-up with data a read."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def triton_requests(metrics_port: int) -> dict[str, int]:
     """Requests each model has served so far, from Triton's Prometheus metrics."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -54,6 +65,25 @@ def triton_requests(metrics_port: int) -> dict[str, int]:
     ):
         counts[m[1]] = counts.get(m[1], 0) + int(float(m[2]))
     return counts
+
+
+def top_frames(collapsed: str, n: int) -> list[tuple[str, float]]:
+    """The ``n`` frames present in the largest share of py-spy's collapsed stacks (``a;b;c
+    count`` lines), each counted once per stack, idle samples (an event loop waiting in
+    ``select``) left out."""
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any("select (selectors.py" in f for f in frames):
+            continue
+        total += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    return [(f, c / total) for f, c in inclusive.most_common(n)] if total else []
 
 
 async def direct(arena: LocalArena, requests: dict[str, int], concurrency: int) -> float:
@@ -84,18 +114,22 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         metrics_port = arena.procs["tritonserver"].ports["metrics"]
         served = triton_requests(metrics_port)
         before = {name: cpu_s(pid) for name, pid in pids.items()}
+        calls_before = {name: syscalls(pid) for name, pid in pids.items()}
         spies = []
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for name, pid in pids.items():
                 argv = ["record", "--pid", str(pid), "--rate", "50", "--nonblocking"]
-                argv += ["-o", str(args.profile / f"{name}.svg")]
+                raw = args.profile_format == "raw"
+                argv += ["--format", args.profile_format]
+                argv += ["-o", str(args.profile / f"{name}.{'txt' if raw else 'svg'}")]
                 spies.append(await asyncio.create_subprocess_exec(args.py_spy, *argv))
         started = time.monotonic()
         async with asyncio.timeout(3600):
             await arena.wait_for_samples(total, poll_s=0.05)
         took = time.monotonic() - started
         after = {name: cpu_s(pid) for name, pid in pids.items()}
+        calls_after = {name: syscalls(pid) for name, pid in pids.items()}
         for spy in spies:
             spy.send_signal(2)  # SIGINT: py-spy writes its flame graph and exits
             await spy.wait()
@@ -104,8 +138,18 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         straight = await direct(arena, requests, args.concurrency)
     per_battle = {n: (after[n] - before[n]) / args.battles * 1e3 for n in pids}
     for name, ms in per_battle.items():
+        r = (calls_after[name][0] - calls_before[name][0]) / args.battles
+        w = (calls_after[name][1] - calls_before[name][1]) / args.battles
         print(f"cpu_ms_per_battle {name}={ms:.2f}")
+        print(f"syscalls_per_battle {name} reads={r:.0f} writes={w:.0f}")
     print(f"cpu_ms_per_battle sum={sum(per_battle.values()):.2f}")
+    if args.profile and args.profile_format == "raw":
+        for name in pids:
+            path = args.profile / f"{name}.txt"
+            if path.exists():
+                print(f"top frames {name}:")
+                for frame, share in top_frames(path.read_text(), args.top):
+                    print(f"  {share:6.1%}  {frame}")
     calls = sum(requests.values())
     print(
         f"battles={args.battles} run={took:.1f}s arena={args.battles / took:.1f} battles/s "
@@ -121,7 +165,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--concurrency", type=int, default=64, help="direct requests in flight")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs here")
-    ap.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    ap.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph")
+    ap.add_argument("--top", type=int, default=25, help="frames listed per service (raw)")
+    here = Path(sys.executable).parent / "py-spy"
+    ap.add_argument(
+        "--py-spy", default=shutil.which("py-spy") or (str(here) if here.exists() else "py-spy")
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, Path(tmp)))

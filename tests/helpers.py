@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec.structs import replace
+
 from warriorcoder.arena.instructions import normalise
 from warriorcoder.arena.invariants import orders_for
 from warriorcoder.proto.messages import (
@@ -114,12 +116,16 @@ def arena_judgement(
     b: Battle, settings: ArenaSettings, winners: list[str] | None = None
 ) -> Judgement:
     """The judgement ``settings``' arena gives ``b``: a consistent vote by each of its judges
-    (``winners`` in ``judges_for`` order; the attacker wins by default), in its position mode."""
+    (``winners`` in ``judges_for`` order; the attacker wins by default), in its position mode,
+    each with the weight the arena gives its judge (``vote_weight``)."""
     ch = b.challenge
     judges = settings.judges_for(ch.attacker, ch.defender)
     winners = winners or ["attacker"] * len(judges)
     orders = list(orders_for(settings.judge.position_mode, b.id))
-    votes = [arena_vote(j, w, orders) for j, w in zip(judges, winners, strict=True)]
+    votes = [
+        replace(arena_vote(j, w, orders), weight=settings.vote_weight(j, ch.attacker, ch.defender))
+        for j, w in zip(judges, winners, strict=True)
+    ]
     mode = settings.judge.position_mode
     return Judgement(id=b.id, battle=b, votes=votes, position_mode=mode, judged_at=3.0)
 

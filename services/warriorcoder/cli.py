@@ -4,6 +4,7 @@ Usage::
 
     warriorcoder serve judge --config arena.yaml      # one service (a process per service)
     warriorcoder up --demo --battles 6                # an arena on this machine
+    warriorcoder web --nats nats://nats:4222          # the page of a deployed arena
     warriorcoder schema [--check]                     # regenerate / check the generated schemas
     warriorcoder check-config --config arena.yaml     # validate a config and exit
 """
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     from warriorcoder.launcher.command import register as register_up
 
     register_up(sub)
+
+    from warriorcoder.launcher.web_command import register as register_web
+
+    register_web(sub)  # the page for a deployed arena
     return parser
 
 

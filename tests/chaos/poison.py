@@ -90,6 +90,8 @@ INVARIANT_REASONS = frozenset(
         "votes_mismatch",
         "orders_mismatch",
         "winner_mismatch",
+        "tests_by_fighter",
+        "weight_mismatch",
     }
 )
 UNDECODABLE = frozenset({"undecodable"})

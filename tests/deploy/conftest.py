@@ -104,8 +104,15 @@ def prometheus(
             pytrace=False,
         )
     root = tmp_path_factory.mktemp("prometheus")
+    # The vLLM backend's metrics (Triton's /metrics with REPORT_CUSTOM_METRICS), which the
+    # scripted Triton cannot report: a stand-in with the backend's names, types and labels.
+    from warriorcoder.testing.vllm_metrics import VllmMetricsExporter
+
+    vllm = VllmMetricsExporter(["alpha", "beta", "gamma", "garbler"], interval_s=0.5)
+    vllm.start()
+    targets = {**secured_arena.scrape_targets(), "vllm": vllm.address}
     config = root / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(secured_arena.scrape_targets())))
+    config.write_text(yaml.safe_dump(prometheus_config(targets)))
     port = free_port()
     proc: ManagedProcess = spawn(
         "prometheus",
@@ -128,3 +135,4 @@ def prometheus(
         yield url
     finally:
         proc.stop()
+        vllm.stop()

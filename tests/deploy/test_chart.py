@@ -177,7 +177,9 @@ def test_arena_config_is_valid_for_the_services(
     if values == "production":
         # Every model calls the chart's Triton Service of that model on gRPC.
         for name, model in settings.models.items():
-            host, port = model.triton_url.split(":")
+            # dns:///<name>-headless:8001: the headless Service beside the Triton Service <name>
+            host, port = model.triton_url.removeprefix("dns:///").split(":")
+            host = host.removesuffix("-headless")
             svc = named(objs, "Service", host)
             assert int(port) in [p["port"] for p in svc["spec"]["ports"]], name
             cm = named(objs, "ConfigMap", host)

@@ -26,6 +26,7 @@ from tests.deploy.helpers import (
     prometheus_query,
 )
 from warriorcoder.proto import subjects
+from warriorcoder.testing.vllm_metrics import METRICS as VLLM_METRICS
 
 QUERIES = list(dashboard_queries())
 TRITON_METRICS = {
@@ -38,7 +39,7 @@ TRITON_METRICS = {
     "nv_inference_request_duration_us",
     "nv_inference_pending_request_count",
 }
-_METRIC = re.compile(r"\b((?:warriorcoder|nv)_[a-z0-9_]+)\b")
+_METRIC = re.compile(r"\b((?:warriorcoder|nv)_[a-z0-9_]+|vllm:[a-z0-9_]+)")
 
 
 def _service_metric_names() -> set[str]:
@@ -108,7 +109,12 @@ def test_dashboard_shows_the_verifier_s_pass_rates_throughput_and_latency() -> N
 
 
 def test_every_query_uses_metrics_that_exist() -> None:
-    known = _service_metric_names() | TRITON_METRICS
+    vllm = {
+        name + suffix
+        for name, kind in VLLM_METRICS.items()
+        for suffix in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))
+    }
+    known = _service_metric_names() | TRITON_METRICS | vllm
     for title, ref, expr in QUERIES:
         used = set(_METRIC.findall(expr))
         assert used, (title, ref)

@@ -15,9 +15,11 @@ It prints its figures (dead letters, redeliveries, samples, seconds from ready t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,8 @@ async def test_a_triton_outage_pauses_the_arena_and_loses_nothing(nats_url, tmp_
         await asyncio.to_thread(triton.stop)
         down_at = time.monotonic()
         judge_ready = f"http://127.0.0.1:{http['judge']}/readyz"
-        await wait_until(lambda: _not(asyncio.to_thread(http_ok, judge_ready)), 5, "readyz 503")
+        judge_status = f"http://127.0.0.1:{http['judge']}/statusz"
+        await wait_until(lambda: asyncio.to_thread(_degraded, judge_status), 5, "degraded")
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at) - 1))
         held = {
             c: await js.consumer_info(stream, c)
@@ -105,7 +108,9 @@ async def test_a_triton_outage_pauses_the_arena_and_loses_nothing(nats_url, tmp_
                 (subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE),
             )
         }
-        assert not await asyncio.to_thread(http_ok, judge_ready)  # still reported down
+        assert await asyncio.to_thread(_degraded, judge_status)  # still reported down
+        # ... and still Ready: unready pods would block node drains behind the PDBs.
+        assert await asyncio.to_thread(http_ok, judge_ready)
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
         outage = time.monotonic() - down_at
 
@@ -115,7 +120,7 @@ async def test_a_triton_outage_pauses_the_arena_and_loses_nothing(nats_url, tmp_
         await wait_until(lambda: _at_least(samples, at_ready + 1), 60, "a sample after ready")
         first_sample_s = time.monotonic() - ready_at
         await wait_until(lambda: _at_least(samples, at_ready + 3), 60, "3 samples after ready")
-        await wait_until(lambda: asyncio.to_thread(http_ok, judge_ready), 10, "readyz 200")
+        await wait_until(lambda: _not(asyncio.to_thread(_degraded, judge_status)), 10, "ok")
     finally:
         stop.set()
         done, pending = await asyncio.wait(services, timeout=60)
@@ -148,3 +153,9 @@ async def _at_least(count, n: int) -> bool:
 
 async def _not(check) -> bool:
     return not await check
+
+
+def _degraded(url: str) -> bool:
+    """Whether the service's /statusz reports a degraded dependency (a model down)."""
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(json.load(resp)["status"] == "degraded")

@@ -85,6 +85,8 @@ def test_service_health_readiness_metrics_and_drain(tmp_path, nats_url, triton_u
 
 
 def test_readiness_names_a_model_triton_does_not_serve(tmp_path, nats_url, triton_url):
+    """A model that is down degrades the service (/statusz, a gauge) but keeps it Ready: its
+    calls wait, and unready pods would block node drains behind the disruption budgets."""
     tree = arena_tree(triton_url, nats_url)
     tree["models"]["gamma"]["triton_model"] = "not_loaded"
     path = tmp_path / "arena.yaml"
@@ -94,8 +96,14 @@ def test_readiness_names_a_model_triton_does_not_serve(tmp_path, nats_url, trito
     try:
         wait_http(f"{base}/healthz", proc, 60)
         status, body = get(f"{base}/readyz")
-        assert status == 503
-        assert json.loads(body)["problems"] == ["triton: model 'gamma' not ready"]
+        assert status == 200, body
+        status, body = get(f"{base}/statusz")
+        assert status == 200
+        assert json.loads(body)["status"] == "degraded"
+        assert json.loads(body)["degraded"] == ["triton: model 'gamma' not ready"]
+        text = get(f"{base}/metrics")[1].decode()
+        assert 'warriorcoder_model_ready{model="gamma",service="responder"} 0.0' in text
+        assert 'warriorcoder_model_ready{model="alpha",service="responder"} 1.0' in text
     finally:
         proc.stop()
 

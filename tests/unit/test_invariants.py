@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from tests.helpers import arena_judgement, arena_settings, arena_vote, battle, challenge
+from tests.helpers import arena_judgement, arena_settings, arena_tree, arena_vote, battle, challenge
 from warriorcoder.arena.instructions import normalise
 from warriorcoder.arena.invariants import (
     REASONS,
@@ -20,7 +20,7 @@ from warriorcoder.arena.invariants import (
 from warriorcoder.arena.verdicts import combine
 from warriorcoder.errors import PoisonError
 from warriorcoder.proto.messages import Challenge, ChallengeTests, Judgement, Vote, battle_id
-from warriorcoder.runtime.settings import ArenaSettings
+from warriorcoder.runtime.settings import ArenaSettings, parse_settings
 
 # Competitors alpha, beta, gamma; garbler and slow judge only: three uninvolved judges a battle.
 S = arena_settings(judges=["garbler", "slow"], languages=["Python", "Rust"])
@@ -252,3 +252,46 @@ def test_a_vote_wins_for_what_its_verdicts_combine_to(verdicts: list[str], claim
 
 def test_every_reason_is_short_and_stable():
     assert all(r.isidentifier() and r.islower() and len(r) <= 24 for r in REASONS)
+
+
+def _family_settings(policy: str) -> ArenaSettings:
+    """S with alpha and garbler of one family, under ``judge.family_policy: policy``."""
+    tree = arena_tree(judges=["garbler", "slow"], judge={"family_policy": policy})
+    tree["models"]["alpha"]["family"] = tree["models"]["garbler"]["family"] = "qwen"
+    return parse_settings(tree)
+
+
+def test_under_exclude_a_vote_by_a_judge_of_a_fighters_family_is_poison():
+    s = _family_settings("exclude")
+    b = battle(attacker="alpha", defender="beta")
+    j = arena_judgement(b, s)
+    assert [v.judge for v in j.votes] == ["gamma", "slow"]  # garbler (qwen) left out
+    check_judgement(j, s)
+    poison(
+        "votes_mismatch",
+        check_judgement,
+        _with_votes(j, [*j.votes, arena_vote("garbler", "tie")]),
+        s,
+    )
+    # in a battle without a qwen fighter garbler judges as before
+    check_judgement(arena_judgement(battle(attacker="beta", defender="gamma"), s), s)
+
+
+def test_under_weight_each_vote_carries_the_weight_the_arena_gives_its_judge():
+    s = _family_settings("weight")
+    j = arena_judgement(battle(attacker="beta", defender="alpha"), s)
+    assert [(v.judge, v.weight) for v in j.votes] == [
+        ("gamma", 1.0),
+        ("garbler", 0.5),
+        ("slow", 1.0),
+    ]
+    check_judgement(j, s)
+    gamma, garbler, slow = j.votes
+    for bad in (
+        [gamma, replace(garbler, weight=1.0), slow],
+        [replace(gamma, weight=0.5), garbler, slow],
+    ):
+        err = poison("weight_mismatch", check_judgement, _with_votes(j, bad), s)
+        assert "the arena gives" in str(err)
+    # the same judgement under another policy: garbler's weight of 0.5 is forged there
+    poison("weight_mismatch", check_judgement, j, _family_settings("off"))

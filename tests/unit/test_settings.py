@@ -171,6 +171,9 @@ def test_example_config_is_valid():
     s = load_settings(path, {})
     assert s.competitors == ["athene", "deepseek", "llama", "qwen", "qwq"]
     assert len(s.judges_for("qwen", "llama")) == 3
+    # athene and qwq share qwen's family: their votes count half (judge.family_policy: weight)
+    weights = {j: s.vote_weight(j, "qwen", "llama") for j in s.judges_for("qwen", "llama")}
+    assert weights == {"athene": 0.5, "deepseek": 1.0, "qwq": 0.5}
     for model in s.models.values():
         assert ChatTemplate.from_settings(model.chat_template).magpie_prefix("sys")
 

@@ -185,3 +185,51 @@ async def test_the_off_switch_keeps_execution_out_of_the_judge_prompt():
     j, inference = await judged(s, b)
     assert j.battle.execution == b.execution  # still passed on to the aggregator
     assert inference.requests and all(EXECUTION_HEADING not in r.prompt for r in inference.requests)
+
+
+async def test_each_vote_keeps_the_raw_reply_of_every_order_and_its_sampling():
+    s = arena_settings(judges=["garbler"])
+    b = battle("weak\nquality=2", "strong\nquality=9", attacker="alpha", defender="beta")
+    j, inference = await judged(s, b)
+    votes = {v.judge: v for v in j.votes}
+    gamma = votes["gamma"]
+    assert len(gamma.reasons) == 2 == len(inference.calls(model="gamma"))
+    # order 1 shows the attacker's (weak) answer as A, order 2 swaps them
+    assert gamma.reasons[0].startswith("Assistant A's answer rates 2/10 and Assistant B's")
+    assert gamma.reasons[0].endswith("[[B]]") and gamma.reasons[1].endswith("[[A]]")
+    assert "rates 9/10 and Assistant B's answer rates 2/10" in gamma.reasons[1]
+    # a re-asked order keeps its last reply (garbled both times: the vote is invalid)
+    garbler = votes["garbler"]
+    assert garbler.winner == "invalid" and len(garbler.reasons) == 2
+    assert all("hard to say more" in r for r in garbler.reasons)
+    roster = Roster.from_settings(s, STAGE.models(s))
+    assert gamma.sampling == roster["gamma"].sampling["judge"]
+    assert gamma.sampling is not None and gamma.sampling.top_p == s.sampling.judge.top_p
+    assert all(v.weight == 1.0 for v in j.votes)
+
+
+def _family_settings(policy: str) -> ArenaSettings:
+    tree = arena_tree(judges=["garbler", "slow"], judge={"family_policy": policy})
+    tree["models"]["alpha"]["family"] = tree["models"]["slow"]["family"] = "qwen"
+    return parse_settings(tree)
+
+
+@pytest.mark.parametrize(
+    ("policy", "judges"),
+    [
+        ("exclude", {"gamma": 1.0, "garbler": 1.0}),  # slow (qwen) never judges alpha's battles
+        ("weight", {"gamma": 1.0, "garbler": 1.0, "slow": 0.5}),
+        ("off", {"gamma": 1.0, "garbler": 1.0, "slow": 1.0}),
+    ],
+)
+async def test_a_judge_of_a_fighters_family_follows_the_family_policy(
+    policy: str, judges: dict[str, float]
+):
+    s = _family_settings(policy)
+    j, inference = await judged(s, battle(attacker="beta", defender="alpha"))
+    assert {v.judge: v.weight for v in j.votes} == judges
+    assert {r.model for r in inference.requests} == set(judges)  # nobody else was asked
+    check_judgement(j, s)
+    # a battle without a qwen fighter: slow judges with its full weight under every policy
+    j, _ = await judged(s, battle(attacker="beta", defender="gamma"))
+    assert {v.judge: v.weight for v in j.votes} == {"alpha": 1.0, "garbler": 1.0, "slow": 1.0}

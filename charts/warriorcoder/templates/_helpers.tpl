@@ -99,6 +99,41 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- if and .ctx.Values.keda.enabled $svc.autoscaling $svc.autoscaling.enabled -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+Update strategy of a service's Deployment: call with (dict "ctx" $ "name" "aggregator").
+RollingUpdate surges one pod, except for an aggregator whose samples claim only one node can
+attach (persistence on and no ReadWriteMany): the surged pod could not mount it, so that one is
+Recreate, and the values that would need two pods on that claim at once fail here.
+*/}}
+{{- define "warriorcoder.strategy" -}}
+{{- $svc := index .ctx.Values.services .name -}}
+{{- $type := "RollingUpdate" -}}
+{{- if eq .name "aggregator" -}}
+{{- $p := $svc.persistence -}}
+{{- $oneNode := and $p.enabled (not (has "ReadWriteMany" $p.accessModes)) -}}
+{{- $type = default (ternary "Recreate" "RollingUpdate" $oneNode) $svc.strategy -}}
+{{- if $oneNode -}}
+{{- $modes := join ", " $p.accessModes -}}
+{{- if eq $type "RollingUpdate" -}}
+{{- fail (printf "services.aggregator.strategy=RollingUpdate with persistence.accessModes [%s]: the surged pod cannot attach the claim the old pod holds; use Recreate (or leave strategy empty), or a ReadWriteMany volume" $modes) -}}
+{{- end -}}
+{{- if include "warriorcoder.kedaOn" . -}}
+{{- if gt (int $svc.autoscaling.maxReplicas) 1 -}}
+{{- fail (printf "services.aggregator.autoscaling.maxReplicas=%v with persistence.accessModes [%s]: a second aggregator pod cannot attach the claim; set maxReplicas 1 or use a ReadWriteMany volume" $svc.autoscaling.maxReplicas $modes) -}}
+{{- end -}}
+{{- else if gt (int $svc.replicas) 1 -}}
+{{- fail (printf "services.aggregator.replicas=%v with persistence.accessModes [%s]: a second aggregator pod cannot attach the claim; set replicas 1 or use a ReadWriteMany volume" $svc.replicas $modes) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+type: {{ $type }}
+{{- if eq $type "RollingUpdate" }}
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- end }}
+{{- end -}}
+
 {{- define "warriorcoder.natsSecretName" -}}
 {{- default (printf "%s-nats-auth" (include "warriorcoder.fullname" .)) .Values.nats.auth.existingSecret -}}
 {{- end -}}
@@ -148,7 +183,9 @@ keep their exact form (Helm's YAML writes 1000000 as 1e+06, which YAML 1.1 reads
 {{- fail (printf "triton.models.%s has no arena.models.%s to serve" $key $key) -}}
 {{- end -}}
 {{- $m := index $arena.models $key -}}
-{{- $_ := set $m "triton_url" (printf "%s:8001" (include "warriorcoder.tritonName" (dict "ctx" $ "model" $key))) -}}
+{{- /* balanced over the Triton pods by the client: the headless Service's addresses */ -}}
+{{- $_ := set $m "triton_url" (printf "dns:///%s-headless:8001" (include "warriorcoder.tritonName" (dict "ctx" $ "model" $key))) -}}
+{{- $_ := set $m "contract" (default "vllm" $model.contract) -}}
 {{- $_ := set $m "triton_model" (required (printf "triton.models.%s.tritonModel is required" $key) $model.tritonModel) -}}
 {{- end -}}
 {{- toPrettyJson $arena -}}
@@ -211,4 +248,24 @@ release namespace (an empty one would mean every namespace). */}}
 {{- with (index .ctx.Values.services .name).env }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The vLLM model repository entry of a chart-managed Triton model: the data of its ConfigMap
+(config.pbtxt and 1/model.json, the engine arguments with tensor_parallel_size = the pod's GPUs).
+Call with (dict "key" $key "m" $model "tritonModel" $name "gpus" $gpus). Its checksum is on the
+Triton pods, so they roll whenever the chart writes a different entry (values or template).
+*/}}
+{{- define "warriorcoder.tritonVllmRepository" -}}
+config.pbtxt: |
+  name: "{{ .tritonModel }}"
+  backend: "vllm"
+  max_batch_size: 0
+  model_transaction_policy { decoupled: true }
+  instance_group [ { count: 1, kind: KIND_MODEL } ]
+  # vLLM's engine metrics (vllm:*) on Triton's /metrics, for the dashboard's vLLM row.
+  parameters: { key: "REPORT_CUSTOM_METRICS" value: { string_value: "true" } }
+model.json: |
+  {{- $engine := merge (dict "model" (required (printf "triton.models.%s.model is required" .key) .m.model) "tensor_parallel_size" .gpus) (deepCopy (default dict .m.engineArgs)) (dict "gpu_memory_utilization" 0.9) }}
+  {{- toPrettyJson $engine | nindent 2 }}
 {{- end -}}

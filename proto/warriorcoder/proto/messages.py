@@ -30,10 +30,13 @@ __all__ = [
     "Execution",
     "Judgement",
     "Message",
+    "ModelStamp",
+    "Provenance",
     "RunResult",
     "Sample",
     "SamplingParams",
     "ScoreCard",
+    "StageStamp",
     "Turn",
     "Vote",
     "battle_id",
@@ -73,6 +76,50 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
 
 
+class ModelStamp(msgspec.Struct, frozen=True, kw_only=True):
+    """One model as a stage called it: the Triton model name, the version Triton served and the
+    chat template the prompts were rendered with."""
+
+    triton_model: str
+    # The model version Triton reported serving (its response's ``model_version``); None when
+    # no call of this process got one back (the server's version policy chose, unrecorded).
+    version: str | None = None
+    chat_template: str | None = None  # "sha256:<16 hex>" of the template as sent (None: not used)
+
+
+class StageStamp(msgspec.Struct, frozen=True, kw_only=True):
+    """What one stage knew when it produced a message: its config, code and prompts, the models
+    it called for this message and the sampling of calls recorded nowhere else (the quality
+    score's). ``config_hash`` is ``warriorcoder.runtime.provenance.config_hash`` of the stage's
+    arena config."""
+
+    stage: str
+    config_hash: str
+    project_version: str
+    prompt_set: str
+    models: dict[str, ModelStamp] = {}
+    sampling: dict[str, SamplingParams] = {}
+
+
+class Provenance(msgspec.Struct, frozen=True, kw_only=True):
+    """The versions that made a sample, assembled by the aggregator from every stage's stamp.
+
+    ``config_hash``, ``project_version`` and ``prompt_set`` are the value every stage agreed on,
+    or ``"mixed"`` when stages ran under different ones (a rollout): ``stages`` then says which
+    ran what. ``models``: every model that took part (miner, quality scorer, both fighters, the
+    test writer, the judges). ``sampling``: every call, by what it was for (``mining``,
+    ``quality``, ``attacker``, ``defender``, ``tests``, ``judge.<model>``).
+    """
+
+    config_hash: str
+    project_version: str
+    prompt_set: str
+    judge_mode: str
+    models: dict[str, ModelStamp] = {}
+    sampling: dict[str, SamplingParams] = {}
+    stages: dict[str, StageStamp] = {}
+
+
 class Challenge(_Base, tag="warriorcoder.v1.challenge", frozen=True, kw_only=True):
     """An instruction mined from the attacker's own chat-template prefix."""
 
@@ -85,6 +132,7 @@ class Challenge(_Base, tag="warriorcoder.v1.challenge", frozen=True, kw_only=Tru
     created_at: Timestamp
     quality: int | None = None  # the quality scorer's 1-10 rating, when scoring is on
     quality_scorer: ModelName | None = None
+    stamp: StageStamp | None = None  # the challenger's (provenance)
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,6 +204,7 @@ class Execution(msgspec.Struct, frozen=True, kw_only=True):
     defender: RunResult
     sandbox: str  # the isolation used, e.g. "bubblewrap 0.8.0"
     verified_at: Timestamp
+    stamp: StageStamp | None = None  # the verifier's (provenance)
 
 
 class Battle(_Base, tag="warriorcoder.v1.battle", frozen=True, kw_only=True):
@@ -168,6 +217,7 @@ class Battle(_Base, tag="warriorcoder.v1.battle", frozen=True, kw_only=True):
     answered_at: Timestamp
     tests: ChallengeTests | None = None  # written by an uninvolved model (verifier on)
     execution: Execution | None = None  # set by the verifier
+    stamp: StageStamp | None = None  # the responder's (provenance)
 
 
 Verdict = Literal["A", "B", "tie", "invalid"]
@@ -191,6 +241,9 @@ class Vote(msgspec.Struct, frozen=True, kw_only=True):
     # re-asked order keeps its last reply. Empty in votes of earlier versions.
     reasons: list[str] = []
     sampling: SamplingParams | None = None  # the judge call's sampling
+    # The vote's weight in the tallies t_A/t_B and in its Elo update: ``judge.same_family_weight``
+    # for a judge of a fighter's family under ``judge.family_policy: weight``, else 1.
+    weight: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
 class Judgement(_Base, tag="warriorcoder.v1.judgement", frozen=True, kw_only=True):
@@ -201,6 +254,7 @@ class Judgement(_Base, tag="warriorcoder.v1.judgement", frozen=True, kw_only=Tru
     votes: list[Vote]
     position_mode: Literal["both", "alternate"]
     judged_at: Timestamp
+    stamp: StageStamp | None = None  # the judge's (provenance)
 
 
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,6 +309,9 @@ class Sample(_Base, tag="warriorcoder.v1.sample", frozen=True, kw_only=True):
     execution: Execution | None = None
     test_backed: bool = False
     decided_by: Literal["votes", "execution"] = "votes"  # execution: it broke a tie
+    # The versions that made the sample (config hash, models, templates, prompts, sampling of
+    # every call); None in samples of earlier versions.
+    provenance: Provenance | None = None
 
 
 class DeadLetter(_Base, tag="warriorcoder.v1.dead_letter", frozen=True, kw_only=True):

@@ -92,6 +92,13 @@ class Bucket:
     history: int
     description: str
     keys: tuple[Key, ...]
+    # Its readers tolerate a stale read (every write a compare-and-set conditioned on the
+    # revision read, every plain read advisory), so any replica may answer a get: the bucket is
+    # created with ``allow_direct`` (a direct get: one message back, no JSON API reply) even on a
+    # cluster. A bucket whose protocol needs the latest value (the de-dup index reads its bands
+    # after its commit) is direct only on a single server, where every get sees every
+    # acknowledged write.
+    stale_reads_ok: bool = True
 
 
 STREAMS: tuple[Stream, ...] = (
@@ -183,6 +190,7 @@ BUCKETS: tuple[Bucket, ...] = (
                 "revision ranks the instruction)",
             ),
         ),
+        stale_reads_ok=False,
     ),
     Bucket(
         subjects.KV_SCHEDULE,

@@ -7,7 +7,9 @@ Usage::
 
 Pure: the same judgement and pre-battle ratings always give the same sample, which is how a
 redelivered judgement is rebuilt exactly after a crash. The battle's execution results (verifier
-on) are part of the judgement, so they keep it pure.
+on) are part of the judgement, so they keep it pure, and so are the votes' weights
+(``Vote.weight``: a judge of a fighter's family under ``judge.family_policy: weight``), which
+scale each vote in t_A/t_B, hence x, and in its Elo update (``warriorcoder.arena.scoring``).
 
 Execution evidence (``scoring.execution``; ``warriorcoder.arena.evidence`` says how two runs
 compare) folds into the choice of the training target, never into the ratings:
@@ -65,7 +67,8 @@ def decide(
     b = j.battle
     ch = b.challenge
     outcomes = [v.winner for v in j.votes]
-    x = local_score(outcomes)
+    weights = [v.weight for v in j.votes]  # below 1: a same-family judge (judge.family_policy)
+    x = local_score(outcomes, weights=weights)
     if x is None:
         return None
     elo = EloParams(k=p.k, scale=p.scale, base=p.base)
@@ -93,8 +96,8 @@ def decide(
         if winner_role == "attacker"
         else (b.defender_answer, b.attacker_answer)
     )
-    new_a, new_d = elo_update(r_attacker, r_defender, outcomes, elo)
-    t_a, t_d = vote_tally(outcomes)
+    new_a, new_d = elo_update(r_attacker, r_defender, outcomes, elo, weights=weights)
+    t_a, t_d = vote_tally(outcomes, weights=weights)
     return Sample(
         id=j.id,
         messages=[

@@ -14,10 +14,12 @@ configuration, not against itself: the fighters are two different competitors; t
 one of the arena's languages; the id is the one the challenge's content hashes to
 (``battle_id(attacker, defender, normalise(instruction))``), and a battle and its judgement reuse
 it; each answer comes from the fighter of its role; the votes are exactly the judges this arena
-gives the battle (``settings.judges_for``: in the pool, uninvolved, each once), each with the
-orders of the judgement's position mode and the winner its verdicts combine to
-(``arena.verdicts.combine``). Checking a battle checks its challenge, and a judgement its battle:
-forged content cannot ride inside a well-formed envelope.
+gives the battle (``settings.judges_for``: in the pool, uninvolved, each once, none of a
+fighter's family under ``judge.family_policy: exclude``), each with the orders of the
+judgement's position mode, the winner its verdicts combine to (``arena.verdicts.combine``) and
+the weight the arena gives its judge (``settings.vote_weight``: below 1 only for a judge of a
+fighter's family under ``family_policy: weight``). Checking a battle checks its challenge, and a
+judgement its battle: forged content cannot ride inside a well-formed envelope.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ REASONS: Final = frozenset(
         "votes_mismatch",  # the voters are not exactly the judges this arena gives the battle
         "orders_mismatch",  # a vote's orders or verdicts do not fit the position mode
         "winner_mismatch",  # a vote's winner is not what its verdicts combine to
+        "weight_mismatch",  # a vote's weight is not the one the arena gives its judge
     }
 )
 
@@ -118,6 +121,11 @@ def check_judgement(j: Judgement, settings: ArenaSettings) -> None:
     orders = orders_for(j.position_mode, j.id)
     for vote in j.votes:
         _check_vote(vote, orders, j.position_mode)
+        weight = settings.vote_weight(vote.judge, ch.attacker, ch.defender)
+        if vote.weight != weight:
+            raise PoisonError(
+                "weight_mismatch", f"{vote.judge!r}: weight {vote.weight}, the arena gives {weight}"
+            )
 
 
 def _check_vote(vote: Vote, orders: list[Role], mode: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "EXECUTION_B_START",
     "EXECUTION_HEADING",
     "OUTPUT_TAIL_CHARS",
+    "PROMPT_SET_VERSION",
     "QUESTION_END",
     "QUESTION_START",
     "REASK_NOTE",
@@ -49,6 +50,10 @@ __all__ = [
     "read_judge_prompt",
     "response_system_prompt",
 ]
+
+# The version of this prompt set, recorded in every sample's provenance: bump it whenever a
+# prompt's wording, a marker or a parser changes, so data made under each can be told apart.
+PROMPT_SET_VERSION = "2"
 
 # Marker stems; a marker is f"{stem} {nonce}>>>".
 QUESTION_START = "<<<USER QUESTION"

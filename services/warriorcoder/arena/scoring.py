@@ -2,14 +2,21 @@
 
 Usage::
 
-    card = score_battle(votes, r_attacker, r_defender, params)
-    new_a, new_b = elo_update(r_attacker, r_defender, votes, params)
+    t_a, t_b = vote_tally(votes)
+    t_a, t_b = vote_tally(votes, weights=[1.0, 0.5])      # a same-family judge's vote at 0.5
+    new_a, new_b = elo_update(r_attacker, r_defender, votes, params, weights=[1.0, 0.5])
 
 Pure functions, no I/O. Winners use the paper's final score e = alpha * E + (1 - alpha) * x with E
 from the ratings before the battle; Elo applies one zero-sum update per valid judge vote, in
 arrival order, each vote's expectation taken from the ratings the previous vote left (PAPER.md).
 The live ratings (aggregator) and ``warriorcoder ratings`` over exported votes both use
 ``elo_update``, so replaying a run's votes in order gives its live ratings exactly.
+
+Vote weights (``Vote.weight``; a judge of a fighter's family under ``judge.family_policy:
+weight``) scale a vote everywhere it counts, consistently: w * S for the winner's side and
+w * (1 - S) for the other in the tallies t_A/t_B (so x stays a weighted share of the votes), and
+K * w * (S - E) in the vote's Elo update (a vote of weight w moves the ratings as a w-sized
+vote). Weight 1 everywhere is PAPER.md's scoring exactly; weight 0 makes a vote count nowhere.
 """
 
 from __future__ import annotations
@@ -46,20 +53,35 @@ def elo_expected(r_a: float, r_b: float, p: EloParams = EloParams()) -> float:
     return 1.0 / (1.0 + p.base ** ((r_b - r_a) / p.scale))
 
 
-def vote_tally(votes: Sequence[Outcome]) -> tuple[float, float]:
-    """(t_A, t_B): votes for attacker and defender, a tie giving each 0.5; invalid votes skipped."""
+def _weighted(
+    votes: Sequence[Outcome], weights: Sequence[float] | None
+) -> list[tuple[Outcome, float]]:
+    if weights is None:
+        return [(v, 1.0) for v in votes]
+    if len(weights) != len(votes):
+        raise ValueError(f"{len(weights)} weights for {len(votes)} votes")
+    return list(zip(votes, weights, strict=True))
+
+
+def vote_tally(
+    votes: Sequence[Outcome], *, weights: Sequence[float] | None = None
+) -> tuple[float, float]:
+    """(t_A, t_B): votes for attacker and defender, a tie giving each half; each vote counted
+    with its weight (default 1); invalid votes skipped."""
     t_a = t_b = 0.0
-    for v in votes:
+    for v, w in _weighted(votes, weights):
         if v == "invalid":
             continue
-        t_a += _SCORE[v]
-        t_b += 1.0 - _SCORE[v]
+        t_a += w * _SCORE[v]
+        t_b += w * (1.0 - _SCORE[v])
     return t_a, t_b
 
 
-def local_score(votes: Sequence[Outcome]) -> float | None:
-    """x(A>B) = t_A / (t_A + t_B); None when no vote is valid."""
-    t_a, t_b = vote_tally(votes)
+def local_score(
+    votes: Sequence[Outcome], *, weights: Sequence[float] | None = None
+) -> float | None:
+    """x(A>B) = t_A / (t_A + t_B); None when no valid vote has a weight above 0."""
+    t_a, t_b = vote_tally(votes, weights=weights)
     total = t_a + t_b
     return None if total == 0 else t_a / total
 
@@ -85,15 +107,21 @@ def pick_winner(
 
 
 def elo_update(
-    r_a: float, r_b: float, votes: Sequence[Outcome], p: EloParams = EloParams()
+    r_a: float,
+    r_b: float,
+    votes: Sequence[Outcome],
+    p: EloParams = EloParams(),
+    *,
+    weights: Sequence[float] | None = None,
 ) -> tuple[float, float]:
     """Ratings after one zero-sum update per valid vote, in order.
 
-    For each vote v: E = E(A>B) from the current ratings, R_A += K * (S_v - E), R_B -= the same.
+    For each vote v of weight w (default 1): E = E(A>B) from the current ratings,
+    R_A += K * w * (S_v - E), R_B -= the same.
     """
-    for v in votes:
+    for v, w in _weighted(votes, weights):
         if v == "invalid":
             continue
-        delta = p.k * (_SCORE[v] - elo_expected(r_a, r_b, p))
+        delta = p.k * w * (_SCORE[v] - elo_expected(r_a, r_b, p))
         r_a, r_b = r_a + delta, r_b - delta
     return r_a, r_b

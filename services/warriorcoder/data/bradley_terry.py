@@ -102,13 +102,17 @@ def online_elo(
     base: float = 10.0,
     initial: float = 1000.0,
 ) -> dict[str, float]:
-    """Elo ratings after one zero-sum update per vote, in order (each vote its own battle)."""
+    """Elo ratings after one zero-sum update per vote, in order (each vote its own battle), each
+    scaled by the vote's ``weight`` as the arena's own update is."""
     params = EloParams(k=k, scale=scale, base=base)
     ratings: dict[str, float] = {}
     for v in votes:
         r_a = ratings.get(v.model_a, initial)
         r_b = ratings.get(v.model_b, initial)
-        ratings[v.model_a], ratings[v.model_b] = elo_update(r_a, r_b, [_OUTCOME[v.winner]], params)
+        outcome, weight = [_OUTCOME[v.winner]], [v.weight]  # weight: a same-family judge's vote
+        ratings[v.model_a], ratings[v.model_b] = elo_update(
+            r_a, r_b, outcome, params, weights=weight
+        )
     return ratings
 
 

@@ -11,10 +11,15 @@ has the YAML front matter the Hub reads (``configs``, ``license``, ``task_catego
 ``size_categories``), then counts (samples, winners, languages, battles per pair, votes), the
 leaderboard (online Elo and Bradley–Terry with bootstrap 95% CIs from the judges' votes), the
 execution evidence when the verifier ran answers (per model: answers run, passed all, mean pass
-fraction; the share of test-backed samples; what decided the winners), the models, and the
-filter statistics when given (reason → rejected count). ``verified_from`` (the samples before
-``--verified-only`` kept the test-backed ones) makes the card say so. The output depends only on
-its inputs (no clock), so re-running an export gives the same card.
+fraction; the share of test-backed samples; what decided the winners), the models, the
+provenance (samples per config hash with their project and prompt-set versions and judge mode;
+each model's Triton name, chat template and served versions; the sampling of every call) and the
+filter statistics when given (reason → rejected count). Given the models' ``families``
+(``ModelSettings.family``), a judge family bias section (``warriorcoder.data.judge_bias``: each
+judge's same-family and other-family rates against the neutral panel, with 95% intervals, and
+the votes counted below weight 1 under ``judge.family_policy: weight``). ``verified_from`` (the
+samples before ``--verified-only`` kept the test-backed ones) makes the card say so. The output
+depends only on its inputs (no clock), so re-running an export gives the same card.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import yaml
 
 from warriorcoder.data.bradley_terry import format_rating, leaderboard
 from warriorcoder.data.export import SUFFIXES, has_evidence
+from warriorcoder.data.judge_bias import BIAS_HEADER, bias_table_rows, judge_bias
 from warriorcoder.data.pass_rates import execution_stats
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.proto.messages import Sample
@@ -46,7 +52,16 @@ _FIELDS = {
     "also `tests`, `execution` (both answers' runs with their output), `test_backed` and "
     "`decided_by`",
     "votes": "`model_a` (attacker), `model_b` (defender), `winner` (`model_a`, `model_b` or "
-    "`tie`), `judge`, `battle_id`: one line per valid judge vote (Chatbot Arena format)",
+    "`tie`), `judge`, `battle_id`, `weight` (the vote's weight in the Elo ratings: below 1 for "
+    "a judge of a fighter's family under `judge.family_policy: weight`): one line per valid "
+    "judge vote (Chatbot Arena format)",
+    "trl": "`id`, `prompt` (the user turn), `chosen` and `rejected` (the winning and the losing "
+    "answer as assistant turns), `test_backed`: the conversational preference format of TRL's "
+    "`DPOTrainer`, which applies the chat template itself",
+    "hf": "a Hugging Face `datasets` folder (`datasets.load_from_disk`), one row per sample: "
+    "`id`, `messages` (for TRL's `SFTTrainer`), `prompt`, `chosen`, `rejected` (conversational, "
+    "for TRL's `DPOTrainer`), `test_backed`, `language`, `winner`, `loser`, `config_hash`; "
+    "pick a trainer's columns with `Dataset.select_columns`",
 }
 _EVIDENCE_FIELDS = (
     "With execution evidence, each record also has `test_backed` (the chosen answer passed "
@@ -121,9 +136,11 @@ def render_card(
     bootstrap_n: int = 1000,
     seed: int = 0,
     verified_from: int | None = None,
+    families: Mapping[str, str | None] | None = None,
 ) -> str:
     """The card's Markdown text (front matter included); ``verified_from``: the number of
-    samples the test-backed ones were kept from (``--verified-only``)."""
+    samples the test-backed ones were kept from (``--verified-only``); ``families``: each
+    model's family, for the judge family bias section (left out without)."""
     n = len(samples)
     lines = [_front_matter(data_files, n, license)]
     lines += [
@@ -149,7 +166,7 @@ def render_card(
         ]
     if fmt is not None and fmt in _FIELDS:
         lines += ["## Fields", "", f"`{fmt}`: {_FIELDS[fmt]}.", ""]
-        if fmt in ("sft", "dpo") and has_evidence(samples):
+        if fmt in ("sft", "dpo", "trl", "hf") and has_evidence(samples):
             lines += [_EVIDENCE_FIELDS, ""]
 
     all_votes = [v for s in samples for v in s.votes]
@@ -237,6 +254,8 @@ def render_card(
     lines.append("")
 
     lines += _execution_section(samples)
+    if families is not None:
+        lines += _bias_section(samples, families)
 
     competitors = sorted({m for s in samples for m in (s.attacker, s.defender)})
     judges = sorted({v.judge for v in all_votes})
@@ -245,12 +264,45 @@ def render_card(
     lines.append(f"- judges: {', '.join(judges) or '-'}")
     lines.append("")
 
+    lines += _provenance_section(samples)
+
     if stats is not None:
         lines += ["## Filter statistics", "", "Challenges rejected before battle, by reason:", ""]
         items = sorted(stats.items(), key=lambda kv: (-kv[1], kv[0]))
         lines += _table(["reason", "rejected"], [*items, ("total", sum(stats.values()))])
         lines.append("")
     return "\n".join(lines)
+
+
+def _bias_section(samples: Sequence[Sample], families: Mapping[str, str | None]) -> list[str]:
+    """Each judge's family bias (``warriorcoder.data.judge_bias``) and the down-weighted votes."""
+    lines = ["## Judge family bias", ""]
+    known = sorted({f for f in families.values() if f is not None})
+    lines += [
+        f"Model families: {', '.join(known) or 'none set'}. For each judge, `same-family`: of its "
+        "votes on battles where exactly one fighter is of its family and the neutral panel (the "
+        "battle's other judges of neither fighter's family) chose the other fighter, the share "
+        "it gave its own family's fighter; `other-family`: of its votes on battles without a "
+        "fighter of its family, the share against the panel's choice. `bias` is their "
+        "difference (about 0 for a fair judge). Wilson 95% intervals, Newcombe's for the "
+        "difference; (hits/trials). A judge kept out of its family's battles "
+        "(`judge.family_policy: exclude`) has no same-family trials.",
+        "",
+    ]
+    rows = judge_bias(samples, families)
+    if not rows:
+        return [*lines, "No valid judge votes.", ""]
+    lines += _table(BIAS_HEADER, bias_table_rows(rows))
+    weighted = [v for s in samples for v in s.votes if v.weight != 1.0]
+    if weighted:
+        weights = ", ".join(f"{w:g}" for w in sorted({v.weight for v in weighted}))
+        lines += [
+            "",
+            f"{len(weighted)} votes by judges of a fighter's family counted with weight "
+            f"{weights} (`judge.family_policy: weight`) in the tallies and the Elo ratings.",
+        ]
+    lines.append("")
+    return lines
 
 
 def _percent(x: float | None) -> str:
@@ -302,6 +354,66 @@ def _execution_section(samples: Sequence[Sample]) -> list[str]:
     return lines
 
 
+def _versions(values: Counter[str | None]) -> str:
+    return ", ".join(f"{v or 'unknown'} ({n})" for v, n in sorted(values.items(), key=str))
+
+
+def _provenance_section(samples: Sequence[Sample]) -> list[str]:
+    """The versions that made the samples: per config hash, the models, the sampling."""
+    lines = ["## Provenance", ""]
+    recorded = [s.provenance for s in samples if s.provenance is not None]
+    if not recorded:
+        return [*lines, "No provenance recorded (samples of an earlier version).", ""]
+    lines += [
+        "Every sample records the versions that made it (`provenance` in the `battles` "
+        "format). `config_hash` is a hash of the arena config its stages ran under (defaults "
+        "filled in; secrets, addresses, scale and timeouts left out), `mixed` when its stages "
+        "ran under different ones (during a rollout; `stages` says which ran what). Export one "
+        "setup's data with `warriorcoder export --where config_hash=<hash>`, or any dotted "
+        "provenance key (e.g. `models.<model>.version`).",
+        "",
+    ]
+    groups: dict[str, list[Any]] = {}
+    for p in recorded:
+        groups.setdefault(p.config_hash, []).append(p)
+    rows: list[tuple[object, ...]] = [
+        (
+            f"`{h}`",
+            len(ps),
+            _versions(Counter(p.project_version for p in ps)),
+            _versions(Counter(p.prompt_set for p in ps)),
+            _versions(Counter(p.judge_mode for p in ps)),
+        )
+        for h, ps in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+    if len(recorded) < len(samples):
+        rows.append(("(none: an earlier version)", len(samples) - len(recorded), "-", "-", "-"))
+    lines += _table(["config_hash", "samples", "project version", "prompt set", "judge mode"], rows)
+    models: dict[tuple[str, str, str | None], Counter[str | None]] = {}
+    for p in recorded:
+        for name, m in p.models.items():
+            models.setdefault((name, m.triton_model, m.chat_template), Counter())[m.version] += 1
+    lines += ["", "### Models", ""]
+    lines += _table(
+        ["model", "Triton model", "chat template", "served versions (samples)"],
+        [
+            (name, triton, f"`{tpl}`" if tpl else "-", _versions(versions))
+            for (name, triton, tpl), versions in sorted(models.items(), key=str)
+        ],
+    )
+    calls: Counter[tuple[str, float, float, int]] = Counter()
+    for p in recorded:
+        for call, sp in p.sampling.items():
+            calls[call, sp.temperature, sp.top_p, sp.max_tokens] += 1
+    lines += ["", "### Sampling (every call, seeds aside)", ""]
+    lines += _table(
+        ["call", "temperature", "top_p", "max_tokens", "samples"],
+        [(*key, n) for key, n in sorted(calls.items())],
+    )
+    lines.append("")
+    return lines
+
+
 def _utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -317,6 +429,7 @@ def write_card(
     bootstrap_n: int = 1000,
     seed: int = 0,
     verified_from: int | None = None,
+    families: Mapping[str, str | None] | None = None,
 ) -> Path:
     """Write README.md for ``target`` (a data file, a directory or a .md path); returns its path.
 
@@ -348,6 +461,7 @@ def write_card(
         bootstrap_n=bootstrap_n,
         seed=seed,
         verified_from=verified_from,
+        families=families,
     )
     readme.write_text(text, encoding="utf-8")
     return readme

@@ -6,6 +6,9 @@ Usage::
     warriorcoder export --format sft --out out/sft.jsonl --data-dir data [--card]
     warriorcoder export --format votes --out out/votes.parquet --nats nats://127.0.0.1:4222
     warriorcoder export --format dpo --out out/dpo.jsonl --data-dir data --verified-only --card
+    warriorcoder export --format trl --out out/trl.parquet --data-dir data --where config_hash=HASH
+    warriorcoder export --format hf --out out/dataset --data-dir data --where models.alpha.version=2
+    warriorcoder judges --bias --config arena.yaml --data-dir data [--json | --csv bias.csv]
 
 Wired into the CLI with ``warriorcoder.data.commands.register(subparsers)``. Each command returns an
 exit code: 0, or 2 with a one-line ``warriorcoder: ...`` message on stderr for a bad input.
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_export", "cmd_ratings", "register", "shard_dir"]
+__all__ = ["cmd_export", "cmd_judges", "cmd_ratings", "register", "shard_dir"]
 
 
 def _count(text: str) -> int:
@@ -77,9 +80,43 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("export", help="export samples as sft, dpo, battles or votes data")
+    p = sub.add_parser(
+        "judges",
+        help="per-judge statistics of an arena's samples: --bias, each judge's family bias "
+        "against the neutral panel with 95%% intervals",
+    )
+    p.add_argument(
+        "--bias",
+        action="store_true",
+        required=True,
+        help="same-family vs other-family rates against the panel majority, and their difference",
+    )
+    p.add_argument(
+        "--config", required=True, metavar="FILE", help="the arena config: the models' families"
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data-dir", metavar="DIR", help="the aggregator's JSONL shards (or the arena's data dir)"
+    )
+    source.add_argument(
+        "--nats", metavar="URL", help="read the samples stream of this NATS (default: the config's)"
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out.add_argument("--csv", metavar="FILE", help="write the rows as CSV to FILE")
+    p.set_defaults(func=cmd_judges)
+
+    p = sub.add_parser(
+        "export", help="export samples as sft, dpo, battles, votes, trl data or a datasets folder"
+    )
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file: .jsonl or .parquet")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="output file: .jsonl or .parquet; with --format hf a folder (Dataset.save_to_disk, "
+        "with the dataset card as its README.md)",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data-dir",
@@ -90,10 +127,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     source.add_argument("--nats", metavar="URL", help="read the samples stream of this NATS")
     p.add_argument("--card", action="store_true", help="write a dataset card README.md beside it")
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the arena config: its models' families give the card a judge family bias section",
+    )
+    p.add_argument(
         "--verified-only",
         action="store_true",
         help="only test-backed samples: the chosen answer passed strictly more of the "
         "challenge's unit tests than the rejected one (needs the verifier)",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only samples whose provenance has KEY=VALUE, e.g. config_hash=66bce4057e765db2 or "
+        "models.alpha.triton_model=qwen (dotted keys; repeat a key for any of its values, give "
+        "several keys for all of them)",
     )
     p.add_argument(
         "--filter-stats",
@@ -142,18 +193,26 @@ def _read_stats(path: str) -> dict[str, int]:
 def cmd_export(args: argparse.Namespace) -> int:
     from warriorcoder.data.card import write_card
     from warriorcoder.data.export import (
+        HF_FORMAT,
         ExportError,
         export,
+        hf_folder,
         only_test_backed,
         output_suffix,
         samples_from_dir,
         samples_from_nats,
     )
+    from warriorcoder.data.provenance import parse_where, select
 
     out = Path(args.out)
     try:
-        output_suffix(out)
+        if args.fmt == HF_FORMAT:  # checked before reading the samples
+            hf_folder(out)
+        else:
+            output_suffix(out)
+        where = parse_where(args.where)
         stats = _read_stats(args.filter_stats) if args.filter_stats else None
+        families = _families(args.config) if args.config else None  # the card's bias section
         if args.nats:
             samples = asyncio.run(samples_from_nats(args.nats))
             source = args.nats
@@ -168,6 +227,15 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"no samples in {source}: nothing to export (is the arena running, or is this the "
                 "right directory?)"
             )
+        if where:
+            matched = select(samples, where)
+            if not matched:
+                raise ExportError(
+                    f"no sample of the {len(samples)} in {source} matches --where "
+                    f"{' '.join(args.where)} (the dataset card lists their provenance)"
+                )
+            samples = matched
+            source = f"{source}, where {' '.join(args.where)}"
         kept = only_test_backed(samples) if args.verified_only else samples
         if not kept:
             ran = sum(1 for s in samples if s.execution is not None)
@@ -182,9 +250,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             else f"{len(samples)} samples"
         )
         print(f"wrote {count} {args.fmt} records from {taken} ({source}) to {out}")
-        if args.card:
+        if args.card or args.fmt == HF_FORMAT:  # a datasets folder always has its card
             verified_from = len(samples) if args.verified_only else None
-            readme = write_card(out, kept, stats, fmt=args.fmt, verified_from=verified_from)
+            readme = write_card(
+                out / "README.md" if args.fmt == HF_FORMAT else out,
+                kept,
+                stats,
+                fmt=args.fmt,
+                verified_from=verified_from,
+                data_files=[] if args.fmt == HF_FORMAT else None,
+                families=families,
+            )
             print(f"wrote dataset card {readme}")
     except ExportError as exc:
         return _fail(str(exc))
@@ -259,4 +335,62 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(state.rejections.items()))
         print(f"rejected challenges: {counts}")
     print(leaderboard_table(rows, rates) if rows else "no votes yet")
+    return 0
+
+
+def _families(config: str) -> dict[str, str | None]:
+    """Each model's family in the arena config at ``config`` (``ModelSettings.family``)."""
+    from warriorcoder.data.export import ExportError
+    from warriorcoder.runtime.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config, os.environ)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
+    return {name: m.family for name, m in settings.models.items()}
+
+
+def cmd_judges(args: argparse.Namespace) -> int:
+    """``warriorcoder judges --bias``: each judge's family bias over the arena's samples."""
+    import csv
+
+    from warriorcoder.data.export import ExportError, samples_from_dir, samples_from_nats
+    from warriorcoder.data.judge_bias import (
+        BIAS_CSV_FIELDS,
+        bias_to_csv_rows,
+        bias_to_json,
+        format_bias_table,
+        judge_bias,
+    )
+    from warriorcoder.runtime.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config, os.environ)
+        families = {name: m.family for name, m in settings.models.items()}
+        if args.data_dir:
+            source = str(shard_dir(Path(args.data_dir)))
+            samples = samples_from_dir(Path(source))
+        elif args.nats:
+            source = args.nats
+            samples = asyncio.run(samples_from_nats(args.nats))
+        else:  # the config's NATS, with its credentials
+            source = settings.nats.url
+            samples = asyncio.run(samples_from_nats(settings=settings.nats))
+    except (ConfigError, ExportError) as exc:
+        return _fail(str(exc))
+    rows = judge_bias(samples, families)
+    if args.json:
+        print(json.dumps(bias_to_json(rows), indent=2))
+    elif args.csv:
+        try:
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=BIAS_CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(bias_to_csv_rows(rows))
+        except OSError as exc:
+            return _fail(f"cannot write {args.csv}: {exc.strerror or exc}")
+        print(f"wrote the bias of {len(rows)} judges over {len(samples)} samples to {args.csv}")
+    else:
+        print(f"judge family bias over {len(samples)} samples ({source})")
+        print(format_bias_table(rows) if rows else "no valid judge votes")
     return 0

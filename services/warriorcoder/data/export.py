@@ -5,6 +5,8 @@ Usage::
     samples = samples_from_dir(Path("data"))                    # or: await samples_from_nats(url)
     export(samples, "sft", Path("out/sft.jsonl"))               # or .parquet
     export(samples, "dpo", Path("out/dpo.jsonl"), verified_only=True)   # test-backed pairs only
+    export(samples, "trl", Path("out/trl.parquet"))             # TRL conversational preference
+    export(samples, "hf", Path("out/dataset"))                  # a datasets.save_to_disk folder
 
 Formats (one record per sample, votes: one per valid judge vote):
 
@@ -16,6 +18,18 @@ Formats (one record per sample, votes: one per valid judge vote):
   ``.jsonl`` export is line for line what the aggregator's shards hold.
 - ``votes``: ``{"model_a", "model_b", "winner", "judge", "battle_id"}`` (Chatbot Arena battles;
   ``warriorcoder ratings --votes`` reads it).
+- ``trl``: ``{"id", "prompt": [{"role": "user", ...}], "chosen": [{"role": "assistant", ...}],
+  "rejected": [{"role": "assistant", ...}], "test_backed"}``, the conversational preference
+  format of TRL's DPOTrainer (TRL docs, "Dataset formats and types": the chat template is
+  applied by the trainer) with the test-backed flag on every record (False without the
+  verifier).
+- ``hf``: a Hugging Face ``datasets`` folder (``Dataset.save_to_disk``; read it back with
+  ``datasets.load_from_disk``), one row per sample with the columns of both trainers:
+  ``messages`` (SFTTrainer) and ``prompt``/``chosen``/``rejected`` (DPOTrainer, as in ``trl``),
+  plus ``id``, ``test_backed``, ``language``, ``winner``, ``loser`` and ``config_hash`` (the
+  sample's provenance; null before it existed). Pick a trainer's columns with
+  ``Dataset.select_columns``. Needs the ``datasets`` package (the ``datasets`` extra); the
+  output is a folder path without a ``.jsonl``/``.parquet`` suffix.
 
 Execution evidence (verifier on): when any exported sample carries tests or execution results,
 every ``sft`` and ``dpo`` record also has ``test_backed`` (the chosen answer passed strictly more
@@ -26,15 +40,17 @@ the battle had none) and ``execution`` (``sandbox`` and a run summary for the ``
 ``wall_s``, ``cpu_s``, ``output_truncated`` and the ``summary`` text the judges saw; null when not
 run), so the tests can be re-run on the answers. ``verified_only`` keeps only test-backed samples.
 
-The output suffix picks the encoding: ``.jsonl`` (JSON lines) or ``.parquet`` (Apache Arrow's
-Parquet writer, with a fixed schema per format; maps such as ``ratings_before`` become Parquet
-maps). Files are written to a temporary name and renamed, so a reader never sees half a file.
+For the other formats the output suffix picks the encoding: ``.jsonl`` (JSON lines) or
+``.parquet`` (Apache Arrow's Parquet writer, with a fixed schema per format; maps such as
+``ratings_before`` become Parquet maps). Files and folders are written to a temporary name and
+renamed, so a reader never sees half of one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -51,12 +67,14 @@ from warriorcoder.runtime.shards import read_samples
 __all__ = [
     "EVIDENCE_FIELDS",
     "FORMATS",
+    "HF_FORMAT",
     "SUFFIXES",
     "ExportError",
     "Format",
     "arrow_schema",
     "export",
     "has_evidence",
+    "hf_folder",
     "only_test_backed",
     "output_suffix",
     "read_export",
@@ -67,9 +85,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Format = Literal["sft", "dpo", "battles", "votes"]
+Format = Literal["sft", "dpo", "battles", "votes", "trl", "hf"]
 FORMATS: Final[tuple[str, ...]] = get_args(Format)
 SUFFIXES: Final = (".jsonl", ".parquet")
+HF_FORMAT: Final = "hf"  # the format written as a folder, not a file
 # The fields sft and dpo records gain when the export carries execution evidence.
 EVIDENCE_FIELDS: Final = ("test_backed", "decided_by", "tests", "execution")
 
@@ -154,6 +173,8 @@ def records(
     """
     fmt = _check_format(fmt)
     items = list(samples)
+    if fmt == "trl" or fmt == "hf":
+        return _trainer_records(items, fmt, has_evidence(items) if evidence is None else evidence)
     if fmt == "votes":
         return [msgspec.to_builtins(v) for v in votes_from_samples(items)]
     if fmt == "battles":
@@ -169,6 +190,36 @@ def records(
             }
         else:
             rec = {"id": s.id, "prompt": s.prompt, "chosen": s.chosen, "rejected": s.rejected}
+        if evidence:
+            rec.update(_evidence(s))
+        out.append(rec)
+    return out
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _trainer_records(items: Sequence[Sample], fmt: Format, evidence: bool) -> list[dict[str, Any]]:
+    """``trl`` and ``hf`` records (see the module docstring)."""
+    out: list[dict[str, Any]] = []
+    for s in items:
+        rec: dict[str, Any] = {"id": s.id}
+        if fmt == "hf":
+            rec["messages"] = [_turn(t.role, t.content) for t in s.messages]
+        rec.update(
+            prompt=[_turn("user", s.prompt)],
+            chosen=[_turn("assistant", s.chosen)],
+            rejected=[_turn("assistant", s.rejected)],
+            test_backed=s.test_backed,
+        )
+        if fmt == "hf":
+            rec.update(
+                language=s.language,
+                winner=s.winner,
+                loser=s.loser,
+                config_hash=None if s.provenance is None else s.provenance.config_hash,
+            )
         if evidence:
             rec.update(_evidence(s))
         out.append(rec)
@@ -277,13 +328,20 @@ def arrow_schema(fmt: str, *, evidence: bool = False) -> Any:
         info = msgspec.inspect.type_info(ArenaVote)
     else:
         turn = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
-        cols = (
-            [("messages", pa.list_(turn))]
-            if fmt == "sft"
-            else [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
-        )
-        extra = _evidence_fields() if evidence else []
-        return pa.schema([pa.field("id", pa.string(), nullable=False), *cols, *extra])
+        turns = pa.list_(turn)
+        if fmt == "sft":
+            cols = [("messages", turns)]
+        elif fmt == "dpo":
+            cols = [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+        else:  # trl, hf
+            cols = [("prompt", turns), ("chosen", turns), ("rejected", turns)]
+            cols.append(("test_backed", pa.bool_()))
+            if fmt == "hf":
+                cols.insert(0, ("messages", turns))
+                cols += [(c, pa.string()) for c in ("language", "winner", "loser", "config_hash")]
+        fields = [pa.field(name, t, nullable=name == "config_hash") for name, t in cols]
+        extra = [f for f in _evidence_fields() if f.name not in dict(cols)] if evidence else []
+        return pa.schema([pa.field("id", pa.string(), nullable=False), *fields, *extra])
     assert isinstance(info, msgspec.inspect.StructType)
     return pa.schema(_arrow_fields(info))
 
@@ -312,8 +370,10 @@ def export(
     """
     out_path = Path(out_path)
     fmt_ = _check_format(fmt)
-    suffix = output_suffix(out_path)
     items = only_test_backed(samples) if verified_only else list(samples)
+    if fmt_ == HF_FORMAT:
+        return _write_hf(items, hf_folder(out_path))
+    suffix = output_suffix(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
@@ -338,9 +398,69 @@ def export(
     return count
 
 
+def hf_folder(out_path: Path) -> Path:
+    """``out_path`` as the folder of an ``hf`` export; ``ExportError`` for a data-file suffix or
+    an existing path that is not a ``datasets`` folder (never replaced)."""
+    if out_path.suffix.lower() in SUFFIXES:
+        raise ExportError(
+            f"cannot export format hf to {out_path}: it writes a datasets folder, give a folder "
+            f"path (without {' or '.join(SUFFIXES)})"
+        )
+    if out_path.exists() and not (out_path / _HF_STATE).is_file():
+        raise ExportError(
+            f"cannot export format hf to {out_path}: it exists and is not a datasets folder "
+            "(one written by save_to_disk is replaced; anything else is left alone)"
+        )
+    return out_path
+
+
+_HF_STATE = "state.json"  # what Dataset.save_to_disk writes beside the Arrow files
+
+
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise ExportError(
+            "--format hf needs the Hugging Face `datasets` package: "
+            "pip install 'warriorcoder[datasets]'"
+        ) from None
+    return datasets
+
+
+def _write_hf(items: Sequence[Sample], out_path: Path) -> int:
+    """Write ``items`` as an ``hf`` folder, replacing a previous one only once the new one is
+    complete (``datasets.load_from_disk`` never sees half a folder)."""
+    import pyarrow as pa
+
+    datasets = _datasets()
+    evidence = has_evidence(items)
+    schema = arrow_schema(HF_FORMAT, evidence=evidence)
+    rows = records(items, HF_FORMAT, evidence=evidence)
+    features = datasets.Features.from_arrow_schema(schema)
+    ds = datasets.Dataset(datasets.table.InMemoryTable(pa.Table.from_pylist(rows, schema=schema)))
+    ds = ds.cast(features) if ds.features != features else ds
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    old = out_path.with_name(f".{out_path.name}.{os.getpid()}.old")
+    try:
+        ds.save_to_disk(str(tmp))
+        if out_path.exists():
+            os.replace(out_path, old)
+        os.replace(tmp, out_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return len(rows)
+
+
 def read_export(path: Path | str) -> list[dict[str, Any]]:
-    """Read an export back as dicts (Parquet maps become dicts again)."""
+    """Read an export back as dicts (Parquet maps become dicts again; an ``hf`` folder through
+    ``datasets.load_from_disk``)."""
     path = Path(path)
+    if path.is_dir():
+        loaded: list[dict[str, Any]] = _datasets().load_from_disk(str(path)).to_list()
+        return loaded
     if output_suffix(path) == ".jsonl":
         with path.open("rb") as f:
             return [msgspec.json.decode(line) for line in f if line.strip()]

@@ -6,8 +6,10 @@ Usage::
     votes = votes_from_samples(read_samples(Path("data")))
 
 A line is one JSON object with ``model_a``, ``model_b`` and ``winner`` (``"model_a"``,
-``"model_b"``, ``"tie"`` or ``"tie (bothbad)"``, the last read as a tie); ``judge`` and
-``battle_id`` are read when present, every other field is ignored. A file whose first character is
+``"model_b"``, ``"tie"`` or ``"tie (bothbad)"``, the last read as a tie); ``judge``,
+``battle_id`` and ``weight`` (the vote's weight in the arena's Elo, a number in [0, 1], default 1:
+below 1 for a judge of a fighter's family under ``judge.family_policy: weight``) are read when
+present, every other field is ignored. A file whose first character is
 ``[`` is read as one JSON array of such objects (LMSYS publishes its battles that way).
 """
 
@@ -50,6 +52,7 @@ class ArenaVote(msgspec.Struct, frozen=True, kw_only=True):
     winner: Winner
     judge: str | None = None
     battle_id: str | None = None
+    weight: float = 1.0  # the vote's weight in the arena's Elo (``Vote.weight``)
 
 
 class VoteFormatError(ValueError):
@@ -95,12 +98,23 @@ def parse_vote(obj: Any, where: str) -> ArenaVote:
         if value is not None and not isinstance(value, str):
             raise VoteFormatError(f"{where}: field '{field}' must be a string, got {_show(value)}")
         extras[field] = value
+    weight = obj.get("weight")
+    weight = 1.0 if weight is None else weight  # null, like an absent field
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0.0 <= float(weight) <= 1.0
+    ):
+        raise VoteFormatError(
+            f"{where}: field 'weight' must be a number in [0, 1], got {_show(weight)}"
+        )
     return ArenaVote(
         model_a=names[0],
         model_b=names[1],
         winner=winner,
         judge=extras["judge"],
         battle_id=extras["battle_id"],
+        weight=float(weight),
     )
 
 
@@ -135,7 +149,8 @@ def votes_from_samples(samples: Iterable[Sample]) -> list[ArenaVote]:
     """Every valid judge vote of every sample: model_a is the attacker, model_b the defender.
 
     A vote for the attacker makes ``winner="model_a"``, for the defender ``"model_b"``; ties stay
-    ties and invalid votes are skipped. ``judge`` and ``battle_id`` (the sample id) are filled.
+    ties and invalid votes are skipped. ``judge``, ``battle_id`` (the sample id) and ``weight``
+    (the vote's weight in the live Elo) are filled.
     Samples are taken in the order their ratings were applied (``rating_seq``; samples without
     one keep their place, after those with one), each sample's votes in the order the judges
     gave them, so replaying the votes with ``online_elo`` gives the arena's live ratings exactly.
@@ -156,6 +171,7 @@ def votes_from_samples(samples: Iterable[Sample]) -> list[ArenaVote]:
                     winner=winner,
                     judge=v.judge,
                     battle_id=s.id,
+                    weight=v.weight,
                 )
             )
     return out

@@ -180,7 +180,9 @@ async def _run(
 
     snapshot = Snapshot(target=args.battles, demo_note=arena.note)
     code = 0
-    async with serve_leaderboard("127.0.0.1", args.port, lambda: snapshot) as port:
+    async with serve_leaderboard(
+        "127.0.0.1", args.port, lambda: snapshot, nats_url=arena.state.cfg.url
+    ) as port:
         print(
             f"arena running after {time.monotonic() - start:.1f}s; leaderboard: "
             f"http://127.0.0.1:{port}/  (Ctrl-C stops)",
@@ -243,7 +245,7 @@ async def _snapshot(
 
 
 def _summary(s: Any, seconds: float, *, interrupted: bool) -> None:
-    from warriorcoder.data.bradley_terry import format_table
+    from warriorcoder.data.live import leaderboard_table
 
     how = "interrupted" if interrupted else "done"
     print(
@@ -255,6 +257,6 @@ def _summary(s: Any, seconds: float, *, interrupted: bool) -> None:
             "rejected challenges: " + ", ".join(f"{k} {v}" for k, v in sorted(s.rejections.items()))
         )
     if s.leaderboard:
-        print(format_table(s.leaderboard))
+        print(leaderboard_table(s.leaderboard, s.pass_rates))
     if s.demo_note:
         print(s.demo_note)

@@ -1,73 +1,184 @@
-"""The leaderboard page of ``warriorcoder up``: HTML that refreshes itself, and its JSON.
+"""The arena's web page: leaderboard with intervals, ratings over time, win rates, the rejection
+funnel, judge statistics and a battle browser, served read-only by ``warriorcoder up`` and by
+``warriorcoder web``.
 
 Usage::
 
-    async with serve_leaderboard("127.0.0.1", 8787, lambda: snapshot) as port: ...
+    async with serve_leaderboard("127.0.0.1", 8787, lambda: snapshot, nats_url=url) as port: ...
 
-``GET /`` is the page, ``GET /api/status`` the snapshot as JSON.
+Routes: ``GET /`` the page (static HTML, its script and style under ``/static/``), ``GET
+/api/status`` the snapshot as JSON, ``GET /api/board`` the snapshot with the charts' data,
+``GET /api/battles`` a page of battles (``model``, ``winner``, ``disagree``, ``tested``, ``q``,
+``before``, ``limit``), ``GET /api/battles/{seq}`` one battle in full. The page polls the JSON
+routes, so it updates without a reload.
+
+Answers and judge replies are untrusted: the JSON carries them as strings, the page's script
+puts them into the document as text only, and every response carries a Content-Security-Policy
+that runs no script but the page's own file (no inline script, no other origin).
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from warriorcoder.launcher.status import Snapshot
+from warriorcoder.launcher.battle_index import BattleIndex
+from warriorcoder.launcher.battle_views import (
+    BattleQuery,
+    battle_detail,
+    battle_summary,
+    rating_history,
+    win_matrix,
+)
+from warriorcoder.launcher.judge_stats import judge_stats
+from warriorcoder.launcher.status import NATS_DOWN, Snapshot
 from warriorcoder.runtime.http import serve_app
 
-__all__ = ["page", "serve_leaderboard"]
+__all__ = ["CSP", "board", "build_app", "serve_leaderboard"]
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; }
-th, td { padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: right; }
-th:nth-child(2), td:nth-child(2) { text-align: left; }
-.note { color: #a60; font-weight: bold; }
-"""
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_STATIC = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+}
+_MAX_LIMIT = 100
 
 
-def page(s: Snapshot) -> str:
-    rows = "".join(
-        "<tr>"
-        f"<td>{i}</td><td>{html.escape(r['model'])}</td><td>{r['elo']}</td><td>{r['bt']}</td>"
-        f"<td>{r['bt_lower'] if r['bt_lower'] is not None else '-'} .. "
-        f"{r['bt_upper'] if r['bt_upper'] is not None else '-'}</td><td>{r['votes']}</td>"
-        "</tr>"
-        for i, r in enumerate(s.to_json()["leaderboard"], 1)
-    )
-    rejected = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(s.rejections.items())) or "-"
-    backlog = ", ".join(f"{k} {v}" for k, v in s.backlog.items())
-    note = f'<p class="note">{html.escape(s.demo_note)}</p>' if s.demo_note else ""
-    target = s.target if s.target else "∞"
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta http-equiv='refresh' content='2'><title>WarriorCoder Arena</title>"
-        f"<style>{_STYLE}</style></head><body><h1>WarriorCoder Arena</h1>{note}"
-        f"<p>{s.samples}/{target} samples &middot; {s.samples_per_s:.2f} samples/s &middot; "
-        f"{s.battles_rated} battles rated &middot; backlog: {backlog} &middot; "
-        f"dead letters: {s.dead_letters}</p>"
-        "<table><thead><tr><th>#</th><th>model</th><th>elo</th><th>bt</th><th>95% ci</th>"
-        f"<th>votes</th></tr></thead><tbody>{rows}</tbody></table>"
-        f"<p>rejected challenges: {rejected}</p></body></html>"
-    )
+def board(snapshot: Snapshot, index: BattleIndex | None) -> dict[str, Any]:
+    """Everything the page's charts draw: the snapshot, and from the battle window the win-rate
+    matrix, the ratings over time and the judges' statistics."""
+    samples = [s for _, s in index.recent()] if index is not None else []
+    return {
+        "status": snapshot.to_json(),
+        "matrix": win_matrix(samples),
+        "history": rating_history(samples),
+        "judges": [asdict(j) for j in judge_stats(samples)],
+        "window": {
+            "battles": len(samples),
+            "first_seq": index.first_seq if index is not None else 0,
+            "last_seq": index.last_seq if index is not None else 0,
+            "error": index.error if index is not None else "no NATS connection for battles",
+        },
+    }
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def _headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    resp = await handler(request)
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
+
+
+def build_app(current: Callable[[], Snapshot], index: BattleIndex | None) -> web.Application:
+    """The page's aiohttp application over a snapshot source and a battle index."""
+    static = {
+        name: (resources.files("warriorcoder.launcher").joinpath("static", name).read_bytes(), ct)
+        for name, ct in _STATIC.items()
+    }
+    cache: dict[str, Any] = {}
+
+    async def refreshed() -> None:
+        if index is not None:
+            await index.refresh()
+
+    async def page(_: web.Request) -> web.Response:
+        body, ct = static["index.html"]
+        return web.Response(body=body, content_type=ct, charset="utf-8")
+
+    async def asset(request: web.Request) -> web.Response:
+        found = static.get(request.match_info["name"])
+        if found is None or found[1] == "text/html":
+            raise web.HTTPNotFound()
+        return web.Response(body=found[0], content_type=found[1], charset="utf-8")
+
+    async def status(_: web.Request) -> web.Response:
+        return _json(current().to_json())
+
+    async def board_json(_: web.Request) -> web.Response:
+        await refreshed()
+        snap = current()
+        key = (id(snap), index.version if index is not None else 0)
+        if cache.get("key") != key:  # the charts change only with the snapshot or the window
+            cache["key"], cache["body"] = key, orjson.dumps(board(snap, index))
+        return web.Response(body=cache["body"], content_type="application/json")
+
+    async def battles(request: web.Request) -> web.Response:
+        try:
+            query = BattleQuery.parse(request.query)
+            before = int(request.query["before"]) if request.query.get("before") else None
+            limit = min(int(request.query.get("limit", "20")), _MAX_LIMIT)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        if limit < 1:
+            return _json({"error": f"`limit` must be at least 1, not {limit}"}, 400)
+        if index is None:
+            return _json({"battles": [], "next_before": None})
+        await refreshed()
+        try:
+            rows, next_before = await index.search(query, before=before, limit=limit)
+        except NATS_DOWN as exc:
+            return _json({"error": f"NATS unreachable: {exc!r}"}, 503)
+        return _json(
+            {"battles": [battle_summary(q, s) for q, s in rows], "next_before": next_before}
+        )
+
+    async def battle(request: web.Request) -> web.Response:
+        try:
+            seq = int(request.match_info["seq"])
+        except ValueError:
+            return _json({"error": "a battle is addressed by its stream sequence"}, 400)
+        found = None
+        if index is not None:
+            try:
+                found = await index.get(seq)
+            except NATS_DOWN as exc:
+                return _json({"error": f"NATS unreachable: {exc!r}"}, 503)
+        if found is None:
+            return _json({"error": f"no battle at sequence {seq}"}, 404)
+        return _json(battle_detail(seq, found))
+
+    app = web.Application(middlewares=[_headers])
+    app.router.add_get("/", page)
+    app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/board", board_json)
+    app.router.add_get("/api/battles", battles)
+    app.router.add_get("/api/battles/{seq}", battle)
+    return app
 
 
 @asynccontextmanager
 async def serve_leaderboard(
-    host: str, port: int, current: Callable[[], Snapshot]
+    host: str,
+    port: int,
+    current: Callable[[], Snapshot],
+    *,
+    nats_url: str | None = None,
+    window: int = 1000,
 ) -> AsyncIterator[int]:
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=page(current()), content_type="text/html")
-
-    async def status(_: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(current().to_json()), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    app.router.add_get("/api/status", status)
-    async with serve_app(app, host, port) as bound:
+    """Serve the page on ``host:port`` (0: a free port, yielded); with ``nats_url`` the battle
+    browser reads the newest ``window`` samples from the samples stream."""
+    async with AsyncExitStack() as stack:
+        index = None
+        if nats_url is not None:
+            index = await stack.enter_async_context(BattleIndex(nats_url, window=window))
+        bound = await stack.enter_async_context(serve_app(build_app(current, index), host, port))
         yield bound

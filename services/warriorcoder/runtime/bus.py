@@ -43,7 +43,7 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -56,6 +56,7 @@ from nats.js.errors import (
     APIError,
     BadRequestError,
     BucketNotFoundError,
+    KeyNotFoundError,
     NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
@@ -74,6 +75,7 @@ __all__ = [
     "NatsUnavailableError",
     "RetryingKeyValue",
     "connect",
+    "direct_gets",
     "ensure_stream",
     "retrying",
     "stream_config",
@@ -92,6 +94,9 @@ _TRANSIENT_ERR_CODES = frozenset({10005, 10008, 10009, 10118})
 _HEADER_ROOM = 4096
 # The consumer that takes each work stream's messages: its not-yet-delivered count is the backlog.
 _CONSUMER_OF = {c.stream: c.durable for c in topology.CONSUMERS}
+# Keys per batched direct get (nats-server answers at most ``batch`` messages per request).
+_MULTI_GET_BATCH = 256
+_MULTI_GET_ENCODER = msgspec.json.Encoder()
 
 
 class NatsUnavailableError(RetryableError):
@@ -246,6 +251,13 @@ async def ensure_stream(js: JetStreamContext, sc: js_api.StreamConfig) -> None:
         await js.update_stream(sc)
 
 
+def direct_gets(bucket: topology.Bucket, replicas: int) -> bool:
+    """Whether ``bucket`` is created with ``allow_direct``: gets answered by any replica with the
+    message itself (cheaper than the JSON API get, but on a cluster possibly a follower's stale
+    copy), so only where its readers tolerate that or there is a single copy."""
+    return bucket.stale_reads_ok or replicas <= 1
+
+
 class Bus:
     """JetStream access for one service: publish, dead-letter, consume, KV."""
 
@@ -254,6 +266,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.cfg = cfg
         self.stage = stage
+        self._metrics = _StageMetrics(stage)
 
     # -- topology -------------------------------------------------------------------------------
 
@@ -292,13 +305,15 @@ class Bus:
         is unavailable."""
         declared = topology.bucket(bucket)
         return RetryingKeyValue(
-            await self._retrying(
-                "kv_open", lambda: self._open_kv(bucket, declared.history, history)
-            ),
+            await self._retrying("kv_open", lambda: self._open_kv(declared, history)),
             budget_s=self.cfg.unavailable_retry_s,
         )
 
-    async def _open_kv(self, bucket: str, declared: int, history: int | None) -> KeyValue:
+    async def _open_kv(self, declared: topology.Bucket, history: int | None) -> KeyValue:
+        # nats.py's KeyValue reads with direct gets when the bucket's stream allows them (as
+        # created here, see ``direct_gets``); a bucket created by an earlier version keeps the
+        # JSON API gets until an operator enables allow_direct on it (docs in benchmarks/README).
+        bucket = declared.name
         try:
             return await self.js.key_value(bucket)
         except (BucketNotFoundError, NotFoundError):
@@ -307,9 +322,10 @@ class Bus:
             return await self.js.create_key_value(
                 js_api.KeyValueConfig(
                     bucket=bucket,
-                    history=declared if history is None else history,
+                    history=declared.history if history is None else history,
                     storage=js_api.StorageType.FILE,
                     replicas=self.cfg.stream_replicas,
+                    direct=direct_gets(declared, self.cfg.stream_replicas),
                 )
             )
         except BadRequestError:
@@ -522,9 +538,10 @@ class Bus:
         handler: Callable[[Any], Awaitable[None]],
     ) -> None:
         stage = self.stage
-        metrics.IN_FLIGHT.labels(stage=stage).inc()
+        m = self._metrics
+        m.in_flight.inc()
         start = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = _Heartbeat(msg, max(self.cfg.ack_wait_s / 3, 0.5), stage)
         try:
             try:
                 value = decoder.decode(msg.data)
@@ -548,11 +565,11 @@ class Bus:
             await self._retry_or_dead_letter(msg, exc)
         else:
             await self._retrying("ack", msg.ack_sync)
-            metrics.MESSAGES.labels(stage=stage, outcome="ack").inc()
+            m.acked.inc()
         finally:
-            await _cancel_and_wait(heartbeat)
-            metrics.IN_FLIGHT.labels(stage=stage).dec()
-            metrics.STAGE_SECONDS.labels(stage=stage).observe(time.monotonic() - start)
+            await heartbeat.stop()
+            m.in_flight.dec()
+            m.seconds.observe(time.monotonic() - start)
 
     async def _retry_or_dead_letter(self, msg: Msg, exc: Exception) -> None:
         deliveries = _deliveries(msg)
@@ -576,14 +593,49 @@ class Bus:
         await msg.nak(delay=delay)
         metrics.MESSAGES.labels(stage=self.stage, outcome="retry").inc()
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(self.cfg.ack_wait_s / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # NATS reconnecting: the next beat may get through
-                log.debug("heartbeat failed: %s", exc, extra={"stage": self.stage})
+
+class _StageMetrics:
+    """The stage's metric children, looked up once (``labels()`` costs a lock and a dict lookup
+    per call, several per message otherwise)."""
+
+    def __init__(self, stage: str) -> None:
+        self.in_flight = metrics.IN_FLIGHT.labels(stage=stage)
+        self.seconds = metrics.STAGE_SECONDS.labels(stage=stage)
+        self.acked = metrics.MESSAGES.labels(stage=stage, outcome="ack")
+
+
+class _Heartbeat:
+    """``in_progress()`` every ``interval`` while a handler runs, so a long LLM call is not
+    redelivered. A timer until a beat is due (most handlers end first: no task is created for
+    them); each beat is a task owned here, cancelled and awaited by ``stop``."""
+
+    def __init__(self, msg: Msg, interval: float, stage: str) -> None:
+        self.msg, self.interval, self.stage = msg, interval, stage
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._due)
+        self._beat: asyncio.Task[None] | None = None
+
+    def _due(self) -> None:
+        self._timer = None
+        self._beat = self._loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            await self.msg.in_progress()
+        except Exception as exc:  # NATS reconnecting: the next beat may get through
+            _raise_if_cancelled(exc)
+            log.debug("heartbeat failed: %s", exc, extra={"stage": self.stage})
+        self._timer = self._loop.call_later(self.interval, self._due)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._beat is not None:
+            await _cancel_and_wait(self._beat)
+        if self._timer is not None:  # the beat finished and re-armed before it was cancelled
+            self._timer.cancel()
+            self._timer = None
 
 
 def _raise_if_cancelled(exc: Exception | None = None) -> None:
@@ -625,11 +677,42 @@ class RetryingKeyValue:
     def __init__(self, kv: KeyValue, *, budget_s: float) -> None:
         self.inner = kv
         self.budget_s = budget_s
+        self._many: _MultiLastGets | None = None
 
     async def get(self, key: str, revision: int | None = None) -> KeyValue.Entry:
         return await retrying(
             "kv_get", lambda: self.inner.get(key, revision), budget_s=self.budget_s
         )
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue.Entry]:
+        """The latest entries of ``keys`` (absent and deleted keys left out), as of one moment
+        of the bucket: one batched direct get (nats-server >= 2.11, ``multi_last``) on a bucket
+        that allows direct gets, else concurrent gets. Every write acknowledged before the call
+        is seen where a get would see it (a direct bucket is a single copy unless its
+        declaration tolerates stale reads: ``topology.Bucket.stale_reads_ok``)."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return {}
+        if not getattr(self.inner, "_direct", False):
+            found = await asyncio.gather(*(self._get_or_none(k) for k in keys))
+            return {k: e for k, e in zip(keys, found, strict=True) if e is not None}
+        out: dict[str, KeyValue.Entry] = {}
+        for i in range(0, len(keys), _MULTI_GET_BATCH):
+            chunk = keys[i : i + _MULTI_GET_BATCH]
+            call = functools.partial(self._direct_many, chunk)
+            out.update(await retrying("kv_get_many", call, budget_s=self.budget_s))
+        return out
+
+    async def _get_or_none(self, key: str) -> KeyValue.Entry | None:
+        try:
+            return await self.get(key)
+        except KeyNotFoundError:
+            return None
+
+    async def _direct_many(self, keys: list[str]) -> dict[str, KeyValue.Entry]:
+        if self._many is None:
+            self._many = _MultiLastGets(self.inner)
+        return await self._many.get(keys)
 
     async def put(self, key: str, value: bytes) -> int:
         return await retrying("kv_put", lambda: self.inner.put(key, value), budget_s=self.budget_s)
@@ -654,3 +737,67 @@ class RetryingKeyValue:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class _MultiLastGets:
+    """Batched direct gets of one bucket (nats.py 2.16 has none): the request of nats-server's
+    stream.go (``JSApiMsgGetRequest``: ``multi_last``, ``batch``; server >= 2.11) sent on
+    nats.py's connection and prefixes. The replies are one message per key found (a delete
+    marker carries ``KV-Operation``), then a 204 EOB status (404 when nothing matched). They come
+    to one wildcard inbox subscription (like nats.py's own request inbox), so a call costs one
+    publish and no subscription or task of its own."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        # nats.py's KeyValue keeps its stream, key prefix and JetStream context privately.
+        self.kv, self.js = kv, kv._js
+        self.nc = self.js._nc
+        self.pre: str = kv._pre
+        self.subject = f"{self.js._prefix}.DIRECT.GET.{kv._stream}"
+        self.inbox = self.nc.new_inbox()
+        self._sub: Any = None
+        self._lock = asyncio.Lock()
+        self._waiting: dict[str, tuple[asyncio.Future[None], dict[str, KeyValue.Entry]]] = {}
+        self._next = 0
+
+    async def get(self, keys: list[str]) -> dict[str, KeyValue.Entry]:
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    self._sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
+        self._next += 1
+        token = str(self._next)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        out: dict[str, KeyValue.Entry] = {}
+        self._waiting[token] = (done, out)
+        subjects = [self.pre + k for k in keys]
+        request = _MULTI_GET_ENCODER.encode({"multi_last": subjects, "batch": len(subjects)})
+        try:
+            await self.nc.publish(self.subject, request, reply=f"{self.inbox}.{token}")
+            async with asyncio.timeout(self.js._timeout):
+                await done
+        finally:
+            self._waiting.pop(token, None)
+        return out
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiting = self._waiting.get(msg.subject[len(self.inbox) + 1 :])
+        if waiting is None or waiting[0].done():
+            return  # the caller gave up (timed out, cancelled)
+        done, out = waiting
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status in ("204", "404"):
+            done.set_result(None)
+        elif status:
+            done.set_exception(APIError.from_msg(msg))
+        elif headers.get("KV-Operation") not in ("DEL", "PURGE"):
+            key = headers["Nats-Subject"][len(self.pre) :]
+            out[key] = KeyValue.Entry(
+                bucket=self.kv._name,
+                key=key,
+                value=msg.data,
+                revision=int(headers["Nats-Sequence"]),
+                delta=None,
+                created=None,
+                operation=None,
+            )

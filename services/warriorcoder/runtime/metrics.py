@@ -79,6 +79,17 @@ INFERENCE_IN_FLIGHT = Gauge(
     "Requests a replica has in flight to one model endpoint now",
     ["model", "endpoint"],
 )
+MODEL_READY = Gauge(
+    "warriorcoder_model_ready",
+    "Whether Triton reports a model this service calls ready (1) or it is down (0); a down model "
+    "degrades the service (/statusz) without making it unready",
+    ["service", "model"],
+)
+MODEL_CIRCUIT_OPEN = Gauge(
+    "warriorcoder_model_circuit_open",
+    "Whether a model's circuit is open (1: its calls wait for the backend to come back)",
+    ["service", "model"],
+)
 
 CHALLENGES_MINED = Counter(
     "warriorcoder_challenges_mined_total", "Instructions mined from attackers", ["attacker"]

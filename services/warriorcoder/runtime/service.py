@@ -52,11 +52,25 @@ async def run_service(
         names = stage.models(settings)
         triton = await stack.enter_async_context(TritonPool(settings.models, names=names))
 
+        # Ready = able to serve: NATS connected and not draining. A model that is down only
+        # degrades the service (its calls wait, their messages stay held): making every pod
+        # unready then would block node drains behind the PodDisruptionBudgets.
         async def ready() -> list[str]:
             problems = [] if nc.is_connected else ["nats: not connected"]
+            if stop.is_set():
+                problems.append("service: draining")
+            return problems
+
+        async def degraded() -> list[str]:
+            problems = []
             for model, ok in (await triton.ready()).items():
+                circuit_open = not triton.available(model)
+                metrics.MODEL_READY.labels(service=stage.name, model=model).set(ok)
+                metrics.MODEL_CIRCUIT_OPEN.labels(service=stage.name, model=model).set(circuit_open)
                 if not ok:
                     problems.append(f"triton: model {model!r} not ready")
+                elif circuit_open:
+                    problems.append(f"triton: model {model!r} circuit open (calls waiting)")
             return problems
 
         port = await stack.enter_async_context(
@@ -65,6 +79,7 @@ async def run_service(
                 svc.http_port if http_port is None else http_port,
                 ready=ready,
                 service=stage.name,
+                degraded=degraded,
             )
         )
         deps = Deps.build(settings, names, inference=triton, bus=bus)

@@ -12,6 +12,7 @@ or ``WARRIORCODER__SCORING__ALPHA=0.5``; values are parsed as YAML scalars.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -143,7 +144,9 @@ class LocalModelSettings(_Config, frozen=True, kw_only=True):
 class ModelSettings(_Config, frozen=True, kw_only=True):
     """One LLM, reached in one of two ways (exactly one is given):
 
-    - ``triton_url: host:port``: the gRPC endpoint of a running Triton Inference Server;
+    - ``triton_url: host:port``: the gRPC endpoint of a running Triton Inference Server, or
+      ``dns:///host:port``: every address of that name (the replicas behind a headless
+      Service), requests balanced over them (``warriorcoder.runtime.triton``);
     - ``local: {path, ...}``: a Hugging Face model that ``warriorcoder up`` serves on the local
       Triton it starts (transformers); its resolved config has the ``triton_url`` of that Triton.
     """
@@ -153,7 +156,12 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
     triton_model: str
     # preset or file; left out for a `local` model: its own template, from its tokenizer config
     chat_template: ChatTemplateSettings = msgspec.field(default_factory=ChatTemplateSettings)
-    contract: Literal["vllm"] = "vllm"
+    # The backend's request contract: Triton's vLLM backend (warriorcoder.runtime.vllm) or the
+    # TensorRT-LLM backend's ensemble / tensorrt_llm_bls models (warriorcoder.runtime.trtllm).
+    contract: Literal["vllm", "trtllm"] = "vllm"
+    # `triton_url: dns:///name:port` (e.g. a headless Service): the name's addresses are
+    # resolved again every `resolve_interval_s`, one client and concurrency limit per address.
+    resolve_interval_s: PositiveFloat = 30.0
     # The model's family (e.g. qwen, llama, deepseek): by default a judge never judges a battle
     # where a fighter shares its family (judge.family_policy).
     family: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)] | None = None
@@ -226,6 +234,17 @@ class ModelSettings(_Config, frozen=True, kw_only=True):
             raise ConfigError(
                 f"{key}`: give `triton_url: host:port` (a running Triton) or a "
                 "`local: {path: ...}` section (served by `warriorcoder up`)"
+            )
+        if self.contract == "trtllm" and self.local is not None:
+            raise ConfigError(
+                f"{key}.contract`: a `local` model is served with the vllm contract; trtllm "
+                "needs `triton_url` of a Triton with the TensorRT-LLM backend"
+            )
+        url = self.triton_url or ""
+        if url.startswith("dns:") and not re.fullmatch(r"dns:///[^/:\s]+:[0-9]{1,5}", url):
+            raise ConfigError(
+                f"{key}.triton_url`: expected dns:///host:port (a name and its gRPC port), "
+                f"got {url!r}"
             )
         if self.min_concurrency > self.max_concurrency:
             raise ConfigError(
@@ -450,9 +469,31 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
     def scorers_for(self, attacker: str) -> list[str]:
         return [m for m in self.scorer_pool if m != attacker]
 
+    def family_of(self, model: str) -> str | None:
+        """The model's ``family`` (None: unset, or a model this arena does not define)."""
+        m = self.models.get(model)
+        return None if m is None else m.family
+
+    def shares_family(self, judge: str, attacker: str, defender: str) -> bool:
+        """Whether ``judge`` has a family and a fighter of the battle shares it."""
+        family = self.family_of(judge)
+        return family is not None and family in (self.family_of(attacker), self.family_of(defender))
+
     def judges_for(self, attacker: str, defender: str) -> list[str]:
-        """The uninvolved judges of a battle: never a model that fights in it."""
-        return [m for m in self.judge_pool if m not in (attacker, defender)]
+        """The judges of a battle: never a model that fights in it, and (``judge.family_policy:
+        exclude``, the default) never one of a fighter's family. Every stage that derives a
+        battle's judges (the judge, the aggregator's check, status) asks here."""
+        uninvolved = [m for m in self.judge_pool if m not in (attacker, defender)]
+        if self.judge.family_policy != "exclude":
+            return uninvolved
+        return [m for m in uninvolved if not self.shares_family(m, attacker, defender)]
+
+    def vote_weight(self, judge: str, attacker: str, defender: str) -> float:
+        """The weight of ``judge``'s vote on a battle (``Vote.weight``): ``same_family_weight``
+        for a judge of a fighter's family under ``family_policy: weight``, else 1."""
+        if self.judge.family_policy == "weight" and self.shares_family(judge, attacker, defender):
+            return self.judge.same_family_weight
+        return 1.0
 
     def test_writers_for(self, attacker: str, defender: str) -> list[str]:
         """Who may write a battle's tests: the configured writers, else the judge pool; never a
@@ -481,6 +522,7 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                 "`$.competitors`: every battle needs an uninvolved judge: give at least three "
                 "competitors, or add judge-only models under `$.judges`"
             )
+        self._check_family_judges()
         if self.challenger.quality.enabled and any(
             not self.scorers_for(a) for a in self.competitors
         ):
@@ -518,6 +560,33 @@ class ArenaSettings(_Config, frozen=True, kw_only=True):
                 )
         for name, model in self.models.items():
             model.check(name)
+
+    def _check_family_judges(self) -> None:
+        """Every scheduled battle keeps a judge whose vote counts (``judge.family_policy``)."""
+        policy = self.judge.family_policy
+        if policy == "off":
+            return
+        for a in self.competitors:
+            for d in self.competitors:
+                if a == d or self.challenger.pair_weights.get(f"{a}>{d}", 1) == 0:
+                    continue
+                judges = self.judges_for(a, d)
+                if any(self.vote_weight(j, a, d) > 0 for j in judges):
+                    continue
+                families = f"`$.models.{a}.family` {self.family_of(a)!r}, `$.models.{d}.family` "
+                families += f"{self.family_of(d)!r}"
+                if policy == "exclude":
+                    raise ConfigError(
+                        f"`$.judge.family_policy`: exclude leaves the battle {a} vs {d} without a "
+                        f"judge: every other judge shares a fighter's family ({families}); add a "
+                        "judge of another family under `$.judges`, or set `$.judge.family_policy` "
+                        "to weight or off"
+                    )
+                raise ConfigError(
+                    f"`$.judge.same_family_weight`: 0 leaves the battle {a} vs {d} without a "
+                    f"counted vote: every other judge shares a fighter's family ({families}); "
+                    "give a weight above 0 or add a judge of another family under `$.judges`"
+                )
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any, env_key: str) -> None:

@@ -34,15 +34,31 @@ is ready, or a timeout), capped by ``max_concurrency``; an outage restarts it fr
 ``min_concurrency``. A request's latency is measured from when it gets its slot, so waiting in
 the gate never counts as backend latency. ``limits()`` reads the current limits (also the
 ``warriorcoder_inference_concurrency_limit`` gauge).
+
+Replicas are balanced on the client (``triton_url: dns:///name:port``, e.g. a headless Service):
+the name's addresses are resolved at start and again every ``resolve_interval_s`` by a task the
+pool owns (``resolver``: ``resolve_dns`` or a stand-in), each address gets its own client and
+concurrency gate, and a request goes to the address with the most free slots (round robin among
+equals), so the adaptive limit is learnt per replica. An address that leaves the name is no
+longer picked; its client is closed once its last request ends (drained). A resolution that
+fails keeps the addresses known; a model with none is down (its circuit re-resolves while
+probing). A plain ``host:port`` is one endpoint, as before.
+
+The contract is chosen per model (``contract``): ``vllm`` (above) or ``trtllm``, the
+TensorRT-LLM backend's ``ensemble`` / ``tensorrt_llm_bls`` (``warriorcoder.runtime.trtllm``:
+one tensor per sampling knob with a batch dimension, ``text_output`` back, the stop string cut).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +71,7 @@ from tritonclient.utils import InferenceServerException
 
 from warriorcoder.errors import ArenaError, RetryableError
 from warriorcoder.proto.messages import SamplingParams
-from warriorcoder.runtime import metrics, vllm
+from warriorcoder.runtime import metrics, trtllm, vllm
 from warriorcoder.runtime.circuit import Circuit
 from warriorcoder.runtime.limiter import ConcurrencyGate, FixedLimit, GradientLimit, LimitAlgorithm
 from warriorcoder.runtime.settings import ConfigError, ModelSettings
@@ -65,11 +81,19 @@ __all__ = [
     "Generation",
     "InferenceError",
     "InferenceTimeout",
+    "Resolver",
     "RetryableInferenceError",
     "TritonPool",
     "concurrency_limit",
     "infer_request",
+    "resolve_dns",
 ]
+
+LOGGER = logging.getLogger("warriorcoder.runtime.triton")
+
+DNS_SCHEME = "dns:///"
+# (host, port) -> the endpoints ("ip:port") that name has now; OSError when it cannot tell.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class InferenceError(ArenaError):
@@ -107,6 +131,7 @@ class Generation:
     latency_s: float
     finish_reason: str | None = None
     output_tokens: int | None = None
+    model_version: str | None = None  # the version Triton says served it (provenance)
 
     @property
     def truncated(self) -> bool:
@@ -150,6 +175,9 @@ _PERMANENT_IN_BAND = re.compile(
             # Triton core: inputs/outputs the model does not declare, missing inputs, no model
             r"\bunexpected inference (?:input|output)\b",
             r"\bexpected \d+ inputs? but got\b",
+            # Triton core: a tensor of another dtype or shape than the model config declares
+            r"\bdata-type is '\w+', but model '[^']*' expects\b",
+            r"\bunexpected shape for input\b",
             r"\bunknown model\b",
             r"\bnot found\b",
             # vllm_backend: LoRA, streaming with the prompt echoed, unsupported request kinds
@@ -166,6 +194,8 @@ _PERMANENT_IN_BAND = re.compile(
             r"\binvalid\b",
             r"\bunsupported\b",
             r"\bmust be\b",
+            # the TensorRT-LLM backend (warriorcoder.runtime.trtllm)
+            *trtllm.PERMANENT_TEXTS,
         )
     ),
     re.IGNORECASE,
@@ -193,15 +223,40 @@ def classify_rpc(model: str, exc: grpc.RpcError) -> InferenceError:
     return RetryableInferenceError(model, text)
 
 
+_SPECS = {
+    "vllm": {spec.name: spec for spec in vllm.INPUTS},
+    "trtllm": {spec.name: spec for spec in trtllm.INPUTS},
+}
+
+
+async def resolve_dns(host: str, port: int) -> list[str]:
+    """The ``ip:port`` endpoints of ``host`` now (its A/AAAA records: one per ready pod of a
+    headless Service), sorted; ``OSError`` when the name does not resolve."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    ips = {str(info[4][0]) for info in infos}
+    return sorted(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
+
+
+def _dns_target(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``dns:///host:port`` URL; None for a plain ``host:port``."""
+    if not url.startswith(DNS_SCHEME):
+        return None
+    host, _, port = url[len(DNS_SCHEME) :].rpartition(":")
+    return host, int(port)
+
+
 def infer_request(
     model: str,
     inputs: Mapping[str, np.ndarray],
     request_id: str,
     outputs: Sequence[str] = (vllm.TEXT_OUTPUT,),
+    *,
+    contract: str = "vllm",
 ) -> dict[str, Any]:
-    """The ``stream_infer`` request of ``inputs`` (``vllm.encode_inputs``) for ``model``, asking
-    for ``outputs`` (``vllm.requested_outputs``)."""
-    specs = {spec.name: spec for spec in vllm.INPUTS}
+    """The ``stream_infer`` request of ``inputs`` (``vllm.encode_inputs`` or
+    ``trtllm.generation_inputs``, per ``contract``) for ``model``, asking for ``outputs``
+    (``vllm.requested_outputs``)."""
+    specs = _SPECS[contract]
     infer_inputs = []
     for name, array in inputs.items():
         i = InferInput(name, list(array.shape), specs[name].triton_dtype)
@@ -222,8 +277,20 @@ class _Received:
     chunks: list[str]
     finish_reason: str | None = None
     tokens: int | None = None
+    model_version: str | None = None
+
+    def add_trtllm(self, result: Any) -> None:
+        """One response of the TensorRT-LLM contract: its text (it has no finish reason or
+        token count)."""
+        served = result.get_response().model_version
+        if served:
+            self.model_version = served
+        self.chunks.append(trtllm.decode_text(result.as_numpy(trtllm.TEXT_OUTPUT)))
 
     def add(self, result: Any) -> None:
+        served = result.get_response().model_version  # ModelInferResponse.model_version
+        if served:
+            self.model_version = served
         self.chunks.append("".join(vllm.decode_outputs(result.as_numpy(vllm.TEXT_OUTPUT))))
         reasons = vllm.decode_outputs(result.as_numpy(vllm.FINISH_REASON))
         if reasons and reasons[0] != "None":  # "None": a stream's response before the last
@@ -262,39 +329,90 @@ def _gate(model: str, endpoint: str, cfg: ModelSettings) -> ConcurrencyGate:
     return ConcurrencyGate(concurrency_limit(cfg), on_change=observe)
 
 
+class _Endpoint:
+    """One address serving a model: its (shared) client and its own concurrency gate."""
+
+    def __init__(
+        self, model: str, address: str, cfg: ModelSettings, client: grpcclient.InferenceServerClient
+    ):
+        self.address = address
+        self.client = client
+        self.gate = _gate(model, address, cfg)
+        self.removed = False  # left the name: not picked, closed once idle
+        self.closed = False
+
+    @property
+    def free(self) -> int:
+        """Slots free now (negative while requests wait for one)."""
+        return self.gate.limit - self.gate.in_flight - self.gate.waiting
+
+
 class _Backend:
-    """One configured model: its client, its concurrency gate (keyed, like the limit metric, by
-    model and endpoint: one endpoint per model today), its backend's release, and its circuit
-    (open while the model is down)."""
+    """One configured model: its endpoints (one per address, each with a concurrency gate
+    keyed, like the limit metric, by model and endpoint), its backend's release, and its
+    circuit (open while the model is down)."""
 
     def __init__(
         self,
         name: str,
         cfg: ModelSettings,
-        client: grpcclient.InferenceServerClient,
         release: vllm.BackendRelease,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ):
         self.name = name
         self.cfg = cfg
-        self.client = client
-        self.endpoint = cfg.endpoint
-        self.gate = _gate(name, self.endpoint, cfg)
         self.release = release
+        self.target = _dns_target(cfg.endpoint)
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.draining: list[_Endpoint] = []
+        self.refresh = refresh
+        self._turn = 0
         self.circuit = Circuit(name, self.probe, probe_interval_s=cfg.probe_interval_s)
         self.served = False  # seen ready or answering: an "unknown model" later is an outage
 
+    @property
+    def endpoint(self) -> str:
+        """The first endpoint's address (the only one of a plain ``host:port``)."""
+        return next(iter(self.endpoints), self.cfg.endpoint)
+
+    @property
+    def gate(self) -> ConcurrencyGate:
+        """The first endpoint's gate (the only one of a plain ``host:port``)."""
+        return next(iter(self.endpoints.values())).gate
+
+    def pick(self) -> _Endpoint | None:
+        """The endpoint with the most free slots; round robin among equals."""
+        live = list(self.endpoints.values())
+        if not live:
+            return None
+        self._turn = (self._turn + 1) % len(live)
+        order = live[self._turn :] + live[: self._turn]
+        return max(order, key=lambda e: e.free)
+
+    def restart(self) -> None:
+        """An outage: every endpoint's limit starts over."""
+        for e in self.endpoints.values():
+            e.gate.restart()
+
     async def probe(self) -> bool:
-        """Whether Triton reports the model ready; False when unreachable, failing or hung."""
+        """Whether Triton reports the model ready on any endpoint (resolving the name again
+        first when it has none); False when unreachable, failing or hung."""
+        if not self.endpoints and self.refresh is not None:
+            await self.refresh()
+        answers = await asyncio.gather(*(self._ready(e) for e in list(self.endpoints.values())))
+        ready = any(answers)
+        self.served = self.served or ready
+        return ready
+
+    async def _ready(self, e: _Endpoint) -> bool:
         try:
-            ready = bool(
-                await self.client.is_model_ready(
+            return bool(
+                await e.client.is_model_ready(
                     self.cfg.triton_model, client_timeout=_PROBE_TIMEOUT_S
                 )
             )
         except Exception:  # unreachable, stopping, timed out: not ready
             return False
-        self.served = self.served or ready
-        return ready
 
 
 def _channel_args() -> list[tuple[str, Any]]:
@@ -329,31 +447,114 @@ def _release(name: str, cfg: ModelSettings) -> vllm.BackendRelease:
 
 
 class TritonPool(AbstractAsyncContextManager["TritonPool"]):
-    """Clients for the configured models, one gRPC channel per Triton URL."""
+    """Clients for the configured models, one gRPC channel per Triton address."""
 
-    def __init__(self, models: Mapping[str, ModelSettings], *, names: list[str] | None = None):
+    def __init__(
+        self,
+        models: Mapping[str, ModelSettings],
+        *,
+        names: list[str] | None = None,
+        resolver: Resolver | None = None,
+    ):
         self._models = {n: models[n] for n in (names if names is not None else list(models))}
         self._releases = {n: _release(n, cfg) for n, cfg in self._models.items()}
+        self._resolver = resolver or resolve_dns
         self._clients: dict[str, grpcclient.InferenceServerClient] = {}
+        self._users: dict[str, int] = {}  # endpoints (of all models) on each client
         self._backends: dict[str, _Backend] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> TritonPool:
         for name, cfg in self._models.items():
             url = cfg.endpoint  # a ConfigError for a `local` model whose Triton is not known yet
-            client = self._clients.get(url)
-            if client is None:
-                client = self._clients[url] = grpcclient.InferenceServerClient(
-                    url, channel_args=_channel_args()
-                )
-            self._backends[name] = _Backend(name, cfg, client, self._releases[name])
+            b = _Backend(name, cfg, self._releases[name])
+            self._backends[name] = b
+            if b.target is None:
+                self._add(b, url)
+                continue
+            b.refresh = self._refresher(name)
+            self._locks[name] = asyncio.Lock()
+            await self.refresh(name)
+            self._tasks.append(asyncio.create_task(self._resolve_every(b)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         for b in self._backends.values():
             await b.circuit.aclose()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        self._users.clear()
+
+    def endpoints(self, model: str) -> list[str]:
+        """The addresses ``model``'s requests go to now."""
+        b = self._backends.get(model)
+        return list(b.endpoints) if b is not None else []
+
+    async def refresh(self, model: str) -> None:
+        """Resolve ``model``'s ``dns:///`` name again: new addresses are added, gone ones
+        drained (closed once idle). A failed resolution keeps what is known."""
+        b = self._backends[model]
+        if b.target is None:
+            return
+        async with self._locks[model]:
+            try:
+                found = await self._resolver(*b.target)
+            except OSError as exc:
+                LOGGER.warning("%s: cannot resolve %s: %s", model, b.cfg.endpoint, exc)
+                return
+            for address in found:
+                if address not in b.endpoints:
+                    LOGGER.info("%s: endpoint %s added", model, address)
+                    self._add(b, address)
+            for address in [a for a in b.endpoints if a not in found]:
+                LOGGER.info("%s: endpoint %s removed (draining)", model, address)
+                e = b.endpoints.pop(address)
+                e.removed = True
+                b.draining.append(e)
+            for e in list(b.draining):
+                await self._close_if_idle(b, e)
+
+    def _refresher(self, model: str) -> Callable[[], Awaitable[None]]:
+        async def refresh() -> None:
+            await self.refresh(model)
+
+        return refresh
+
+    async def _resolve_every(self, b: _Backend) -> None:
+        while True:
+            await asyncio.sleep(b.cfg.resolve_interval_s)
+            await self.refresh(b.name)
+
+    def _add(self, b: _Backend, address: str) -> None:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = grpcclient.InferenceServerClient(
+                address, channel_args=_channel_args()
+            )
+        self._users[address] = self._users.get(address, 0) + 1
+        b.endpoints[address] = _Endpoint(b.name, address, b.cfg, client)
+
+    async def _close_if_idle(self, b: _Backend, e: _Endpoint) -> None:
+        """Close a removed endpoint with no request in flight (its client with its last user)."""
+        if not e.removed or e.closed or e.gate.in_flight or e.gate.waiting:
+            return
+        e.closed = True
+        if e in b.draining:
+            b.draining.remove(e)
+        for gauge in (metrics.INFERENCE_CONCURRENCY_LIMIT, metrics.INFERENCE_IN_FLIGHT):
+            with contextlib.suppress(KeyError):  # never set
+                gauge.remove(b.name, e.address)
+        self._users[e.address] -= 1
+        if self._users[e.address] == 0:
+            del self._users[e.address]
+            client = self._clients.pop(e.address)
+            await client.close()
 
     @property
     def names(self) -> list[str]:
@@ -366,7 +567,11 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
 
     def limits(self) -> dict[tuple[str, str], int]:
         """The current concurrency limit of each (model, endpoint)."""
-        return {(b.name, b.endpoint): b.gate.limit for b in self._backends.values()}
+        return {
+            (b.name, e.address): e.gate.limit
+            for b in self._backends.values()
+            for e in b.endpoints.values()
+        }
 
     async def ready(self) -> dict[str, bool]:
         """Each model's readiness as Triton reports it (False when unreachable)."""
@@ -432,7 +637,7 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         if not b.circuit.is_open:
             if await b.probe():
                 return False  # the model is ready: a transient failure, raised as before
-            b.gate.restart()  # a new outage: the limit starts over once the model is back
+            b.restart()  # a new outage: the limits start over once the model is back
         b.circuit.trip(f"{type(exc).__name__}: {exc}")
         return True
 
@@ -446,12 +651,32 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         role: str,
     ) -> Generation:
         model = backend.name
-        async with backend.gate.slot() as slot:
+        endpoint = backend.pick()
+        if endpoint is None:
+            raise RetryableInferenceError(model, f"no address for {backend.cfg.endpoint}")
+        try:
+            return await self._generate_on(backend, endpoint, prompt, params, stop, choices, role)
+        finally:
+            if endpoint.removed:
+                await self._close_if_idle(backend, endpoint)
+
+    async def _generate_on(
+        self,
+        backend: _Backend,
+        endpoint: _Endpoint,
+        prompt: str,
+        params: SamplingParams,
+        stop: list[str] | None,
+        choices: list[str] | None,
+        role: str,
+    ) -> Generation:
+        model = backend.name
+        async with endpoint.gate.slot() as slot:
             start = time.monotonic()  # from the slot on: waiting for it is not backend latency
             outcome = "ok"
             try:
                 got = await asyncio.wait_for(
-                    self._stream_once(backend, prompt, params, stop or [], choices),
+                    self._stream_once(backend, endpoint, prompt, params, stop or [], choices),
                     timeout=backend.cfg.timeout_s,
                 )
             except TimeoutError:
@@ -478,21 +703,29 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
             metrics.GENERATED_CHARS.labels(model=model, role=role).inc(len(text))
             if got.tokens is not None:
                 metrics.GENERATED_TOKENS.labels(model=model, role=role).inc(got.tokens)
-            return Generation(text, elapsed, got.finish_reason, got.tokens)
+            return Generation(text, elapsed, got.finish_reason, got.tokens, got.model_version)
 
     async def _stream_once(
         self,
         b: _Backend,
+        endpoint: _Endpoint,
         prompt: str,
         params: SamplingParams,
         stop: list[str],
         choices: list[str] | None,
     ) -> _Received:
-        inputs = vllm.generation_inputs(
-            prompt, params, stop=stop, choices=choices, release=b.release
+        trt = b.cfg.contract == "trtllm"
+        if trt:
+            inputs = trtllm.generation_inputs(prompt, params, stop=stop, choices=choices)
+            outputs = [trtllm.TEXT_OUTPUT]
+        else:
+            inputs = vllm.generation_inputs(
+                prompt, params, stop=stop, choices=choices, release=b.release
+            )
+            outputs = vllm.requested_outputs(b.release)
+        request = infer_request(
+            b.cfg.triton_model, inputs, uuid.uuid4().hex, outputs, contract=b.cfg.contract
         )
-        outputs = vllm.requested_outputs(b.release)
-        request = infer_request(b.cfg.triton_model, inputs, uuid.uuid4().hex, outputs)
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request
@@ -501,12 +734,15 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         received = 0
         responses = None
         try:
-            responses = b.client.stream_infer(requests(), stream_timeout=b.cfg.timeout_s)
+            responses = endpoint.client.stream_infer(requests(), stream_timeout=b.cfg.timeout_s)
             async for result, error in responses:
                 if error is not None:
                     raise classify_in_band(b.name, str(error.message()))
                 received += 1
-                got.add(result)
+                if trt:
+                    got.add_trtllm(result)
+                else:
+                    got.add(result)
                 if _is_final(result):
                     break
         except grpc.RpcError as exc:
@@ -518,4 +754,6 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
                 responses.cancel()  # the stream is done with; free it at once
         if received == 0:
             raise RetryableInferenceError(b.name, "stream closed without a response")
+        if trt:  # TensorRT-LLM keeps the stop string it met; vLLM leaves it out
+            got.chunks = [trtllm.strip_stop("".join(got.chunks), stop)]
         return got

@@ -171,7 +171,18 @@ class TensorSpec:
         return _TRITON_DTYPES[self.dtype]
 
 
-_TRITON_DTYPES: dict[type, str] = {bytes: "BYTES", np.bool_: "BOOL", np.uint32: "UINT32"}
+# Also the TensorRT-LLM contract's types (warriorcoder.runtime.trtllm shares TensorSpec).
+_TRITON_DTYPES: dict[type, str] = {
+    bytes: "BYTES",
+    np.bool_: "BOOL",
+    np.uint32: "UINT32",
+    np.int32: "INT32",
+    np.int64: "INT64",
+    np.uint64: "UINT64",
+    np.float16: "FP16",
+    np.float32: "FP32",
+    np.uint8: "UINT8",
+}
 
 INPUTS = (
     TensorSpec(TEXT_INPUT, bytes, (1,)),

@@ -50,6 +50,15 @@ Execution-checked battles (the verifier) build on these behaviours, all determin
   answers' qualities tie, the judge prefers the answer that passed more tests
   (``execution_passed``: a timeout or no code counts 0 passed, a sandbox error is unknown); when
   the qualities differ, or the counts are equal or unknown, it judges by quality as before.
+
+Judge family bias (the arena's ``judge.family_policy``), modelled on self-preference: LLM judges
+recognise and favour answers in their own or their family's style (Panickssery et al., "LLM
+Evaluators Recognize and Favor Their Own Generations", NeurIPS 2024; Arena-Hard's notes on
+self-bias). A model with a ``family`` signs its answers with a line ``family=<family>`` just
+before its quality line (its "style"; only the last such line of an answer counts, as for
+quality). A judge set ``family_bias: true`` (it needs a ``family``) votes for the answer of its
+own family whenever exactly one of the two answers carries it, whatever the qualities, and says
+so in its reasoning; otherwise it judges like any other scripted judge.
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ __all__ = [
     "ScriptedModel",
     "apply_sampling",
     "execution_passed",
+    "family_of",
     "judge_answers",
     "load_models",
     "parse_models",
@@ -115,6 +125,7 @@ MINING_PHRASE = "wide range of"  # part of challenge_system_prompt (a unit test 
 MINER_JUNK = "\n<|im_start|>assistant\nSure! Let me work through this step by step."
 
 _QUALITY_RE = re.compile(r"^quality=(\d+)[ \t\r]*$", re.MULTILINE)
+_FAMILY_RE = re.compile(r"^family=([a-z0-9][a-z0-9._-]*)[ \t\r]*$", re.MULTILINE)
 _MINING_LANG_RE = re.compile(r"(\S+) coding problems")
 _ANSWER_LANG_RE = re.compile(r"expert (\S+) programmer")
 _IDENT_RE = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -313,6 +324,12 @@ def quality_of(answer: str) -> int:
     return int(tags[-1]) if tags else 0
 
 
+def family_of(answer: str) -> str | None:
+    """The family an answer is signed with: its last ``family=<family>`` line, else None."""
+    tags = _FAMILY_RE.findall(answer)
+    return tags[-1] if tags else None
+
+
 def judge_answers(prompt: str) -> tuple[str, str]:
     """Answers A and B of a judge prompt, by the rule in the module docstring."""
     parts = read_judge_prompt(prompt)
@@ -402,6 +419,8 @@ class ScriptedModel:
     skill: Skill | None = None  # what its code does (module docstring); None: by strength
     hostile: str | None = None  # answer with hostile code: "<kind>[:<argument>]" or "any"
     garble_first_tests: int = 0  # test-writing replies without a code block, first
+    family: str | None = None  # signs its answers ``family=<family>`` (module docstring)
+    family_bias: bool = False  # as a judge, votes for its own family's answer
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -434,6 +453,16 @@ class ScriptedModel:
         garble = self.garble_first_tests
         if isinstance(garble, bool) or not isinstance(garble, int) or garble < 0:
             raise ValueError(f"garble_first_tests: expected an integer >= 0, got {garble!r}")
+        if self.family is not None and (
+            not isinstance(self.family, str) or not _FAMILY_RE.fullmatch(f"family={self.family}")
+        ):
+            raise ValueError(
+                f"family: expected lower-case letters, digits, '.', '_' or '-', got {self.family!r}"
+            )
+        if not isinstance(self.family_bias, bool):
+            raise ValueError(f"family_bias: expected true or false, got {self.family_bias!r}")
+        if self.family_bias and self.family is None:
+            raise ValueError("family_bias: the model needs a `family` to favour")
 
     def generate(self, prompt: str, params: Mapping[str, Any]) -> str:
         """The raw text this model "generates" for prompt (before ``apply_sampling``)."""
@@ -463,6 +492,11 @@ class ScriptedModel:
         summary = f"Assistant A's answer rates {qa}/10 and Assistant B's answer rates {qb}/10."
         if garble:
             return f"{summary} Both answers try to address the question; it is hard to say more."
+        if self.family_bias:
+            own = [family_of(answer_a) == self.family, family_of(answer_b) == self.family]
+            if own.count(True) == 1:
+                mine = "A" if own[0] else "B"
+                return f"{summary} {mine} is written the way I would write it.\n[[{mine}]]"
         if qa == qb:  # the tests may tell them apart
             pa, pb = execution_passed(prompt)
             if pa is not None and pb is not None and pa != pb:
@@ -520,7 +554,8 @@ class ScriptedModel:
         else:
             code = answer_code(ident, self.skill or skill_for(s), level=s)
         fence = language.lower()
-        return f"{intro}\n```{fence}\n{code}```\n{outro}quality={s}"
+        style = "" if self.family is None else f"family={self.family}\n"
+        return f"{intro}\n```{fence}\n{code}```\n{outro}{style}quality={s}"
 
     def _hostile_for(self, prompt: str, ident: str) -> Hostile | None:
         for spec in HOSTILE_MARK_RE.findall(prompt):

@@ -18,15 +18,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from msgspec.structs import replace
 from nats.js.errors import NotFoundError
 
 from warriorcoder.arena.decide import decide
 from warriorcoder.arena.invariants import check_judgement
+from warriorcoder.arena.prompts import PROMPT_SET_VERSION
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Judgement
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.bus import retrying
 from warriorcoder.runtime.ports import Publisher
+from warriorcoder.runtime.provenance import Stamper, assemble
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings, ScoringSettings
 from warriorcoder.runtime.shards import ShardWriter
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage, no_models
@@ -49,7 +53,14 @@ def make_handler(
 
     ``arena``: the settings each judgement's invariants are checked against before anything
     changes (a violation is poison); the service always passes them, None leaves the check out
-    (unit tests of the rating logic alone)."""
+    (unit tests of the rating logic alone). Each sample gets its provenance: the stamps of the
+    stages that made it with the aggregator's own (``runtime.provenance.assemble``; without
+    ``arena`` the aggregator's stamp has no config to hash and the sample none)."""
+    stamper = (
+        None
+        if arena is None
+        else Stamper("aggregator", arena, Roster([]), prompt_set=PROMPT_SET_VERSION)
+    )
 
     async def handle(j: Judgement) -> None:
         if arena is not None:
@@ -82,6 +93,8 @@ def make_handler(
             metrics.BATTLES_UNDECIDED.inc()
             log.warning("battle has no valid vote: no sample", extra={"id": j.id})
             return
+        if stamper is not None:
+            sample = replace(sample, provenance=assemble(j, stamper.stamp([])))
         if await writer.write(sample):
             metrics.SAMPLES.labels(winner=sample.winner).inc()
         await publisher.publish(subjects.SAMPLES, sample, msg_id=sample.id)

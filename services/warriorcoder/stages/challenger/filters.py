@@ -12,7 +12,7 @@ Exact duplicates: ``exact.<sha256 of the normalised text>`` is created atomicall
 replicas admitting the same text exactly one wins.
 
 Near-duplicates, one key per band: ``lsh.<band key>`` holds the band's member ids
-(``BandMembers``), changed only by compare-and-set (``runtime.kv.update_state``). An admission
+(``BandMembers``), changed only by compare-and-set (``runtime.kv.update_versioned``). An admission
 adds its id to its 25 band keys (concurrently), THEN writes ``words.<id>`` (the commit point,
 whose revision ranks it), THEN reads its 25 band keys (concurrent gets) and fetches the words of
 the other members. Only an EARLIER committed member whose word-set Jaccard similarity is >= the
@@ -36,11 +36,19 @@ every band (compare-and-set; a band left empty is deleted with ``last=revision``
 added meanwhile keeps it), then deletes the exact key only while it holds this claim's revision.
 A word set never changes once written, so the candidates' words are cached per process (LRU, with
 their revision) and only misses are fetched.
+
+Round trips: a compare-and-set starts from a guess instead of a read (``runtime.kv``): a band this
+process has not seen is guessed absent (one conditional create), one it has seen is guessed as it
+last saw it (one conditional update), and a release starts from the claim's own post-commit read.
+A wrong guess fails its condition and falls back to read-and-write, so the protocol is unchanged:
+every write is still conditioned on the revision its input was read at, and the post-commit reads
+always go to the bucket. A release's emptied band is deleted on the revision it just wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
@@ -52,56 +60,79 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from warriorcoder.arena.instructions import normalise
 from warriorcoder.arena.near_dup import Candidate, LshBands, decide, encode_words, word_hashes
 from warriorcoder.proto.state import BandMembers, decode_state
-from warriorcoder.runtime.kv import update_state
-from warriorcoder.runtime.ports import KeyValueStore
+from warriorcoder.runtime.kv import Versioned, get_many, update_versioned
+from warriorcoder.runtime.ports import KeyValueEntry, KeyValueStore
 
-__all__ = ["Claim", "DedupIndex", "WordsCache", "join_band", "leave_band", "read_band"]
+__all__ = [
+    "BandCache",
+    "Claim",
+    "DedupIndex",
+    "WordsCache",
+    "join_band",
+    "leave_band",
+    "read_band",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 100_000  # ~40 MB of word sets: every candidate of a 100k index, hot ones kept
+_ABSENT: Versioned[BandMembers] = Versioned(BandMembers(), 0)
 
 
 def _exact_key(instruction: str) -> str:
     return "exact." + hashlib.sha256(normalise(instruction).encode()).hexdigest()[:40]
 
 
-async def join_band(kv: KeyValueStore, key: str, id: str) -> None:
-    """Add ``id`` to the band ``key`` (compare-and-set; already a member: no write)."""
+async def join_band(
+    kv: KeyValueStore, key: str, id: str, *, guess: Versioned[BandMembers] | None = None
+) -> Versioned[BandMembers]:
+    """Add ``id`` to the band ``key`` (compare-and-set; already a member: no write); the band as
+    it is afterwards. ``guess``: the band as this process last saw it (revision 0: absent), which
+    saves the read when it is still current (``runtime.kv``)."""
 
     def add(band: BandMembers) -> BandMembers | None:
         return None if id in band.ids else BandMembers(ids=[*band.ids, id])
 
-    await update_state(kv, key, BandMembers, add)
+    read, written = await update_versioned(kv, key, BandMembers, add, guess=guess)
+    return written or read
 
 
-async def leave_band(kv: KeyValueStore, key: str, id: str) -> None:
+async def leave_band(
+    kv: KeyValueStore, key: str, id: str, *, guess: Versioned[BandMembers] | None = None
+) -> None:
     """Remove ``id`` from the band ``key`` (compare-and-set); delete the band if that emptied it.
 
-    The delete is conditional on the revision of the empty value, so an id added meanwhile keeps
-    the band (its writer's compare-and-set then finds the key deleted and creates it afresh)."""
+    The delete is conditional on the revision of the empty value just written, so an id added
+    meanwhile keeps the band (its writer's compare-and-set then finds the key deleted and
+    creates it afresh)."""
 
     def remove(band: BandMembers) -> BandMembers | None:
         return BandMembers(ids=[i for i in band.ids if i != id]) if id in band.ids else None
 
-    _, written = await update_state(kv, key, BandMembers, remove)
-    if written is None or written.ids:
+    _, written = await update_versioned(kv, key, BandMembers, remove, guess=guess)
+    if written is None or written.doc.ids:
         return
-    try:
-        entry = await kv.get(key)
-        if not decode_state(entry.value, BandMembers).ids:
-            await kv.delete(key, last=entry.revision)
-    except (KeyNotFoundError, KeyWrongLastSequenceError, BadRequestError):
-        pass  # deleted by another leaver, or joined since: the band is someone else's now
+    # Joined since (or deleted by another leaver): the band is someone else's now.
+    with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError, BadRequestError):
+        await kv.delete(key, last=written.revision)
 
 
 async def read_band(kv: KeyValueStore, key: str) -> list[str]:
     """The member ids of the band ``key`` (none when it is absent)."""
+    return (await _read_band(kv, key)).doc.ids
+
+
+async def _read_band(kv: KeyValueStore, key: str) -> Versioned[BandMembers]:
     try:
-        entry = await kv.get(key)
+        return _band(await kv.get(key))
     except KeyNotFoundError:
-        return []
-    return decode_state(entry.value, BandMembers).ids
+        return _ABSENT
+
+
+def _band(entry: KeyValueEntry | None) -> Versioned[BandMembers]:
+    if entry is None:
+        return _ABSENT
+    return Versioned(decode_state(entry.value, BandMembers), entry.revision or 0)
 
 
 @dataclass
@@ -115,6 +146,8 @@ class Claim:
     id: str = ""
     band_keys: list[str] = field(default_factory=list)
     words_key: str = ""
+    # The bands as this claim last read them: the guesses its release starts from.
+    seen: dict[str, Versioned[BandMembers]] = field(default_factory=dict)
 
     async def release(self) -> None:
         """Free every key: words first (a member without words is ignored by everyone), then the
@@ -124,11 +157,15 @@ class Claim:
         if self.words_key:
             await self._try(self.words_key, self.kv.delete(self.words_key))
         await asyncio.gather(
-            *(self._try(k, leave_band(self.kv, k, self.id)) for k in self.band_keys)
+            *(
+                self._try(k, leave_band(self.kv, k, self.id, guess=self.seen.get(k)))
+                for k in self.band_keys
+            )
         )
         if self.exact_key:
             await self._try(self.exact_key, self.kv.delete(self.exact_key, last=self.exact_rev))
         self.band_keys, self.words_key, self.exact_key, self.exact_rev = [], "", "", 0
+        self.seen = {}
 
     @staticmethod
     async def _try(key: str, step: Awaitable[object]) -> None:
@@ -161,6 +198,31 @@ class WordsCache:
             self._entries.popitem(last=False)
 
 
+class BandCache:
+    """Bounded LRU of the bands this process last read or wrote, with their revisions: the
+    guesses of its next compare-and-sets on them. A stale entry costs one failed write (the
+    write is conditioned on its revision), never a wrong result."""
+
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Versioned[BandMembers]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Versioned[BandMembers] | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, band: Versioned[BandMembers]) -> None:
+        self._entries[key] = band
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 class DedupIndex:
     """``bands`` None: exact duplicates only."""
 
@@ -170,6 +232,7 @@ class DedupIndex:
         self.kv = kv
         self.bands = bands
         self.cache = WordsCache(cache_size)
+        self.bands_seen = BandCache(cache_size)
         self.fetched = 0  # word sets read from the bucket (cache misses), for the benchmark
 
     async def claim(self, instruction: str, challenge_id: str) -> tuple[Claim | None, str]:
@@ -195,11 +258,26 @@ class DedupIndex:
         assert self.bands is not None
         own = word_hashes(instruction)
         claim.band_keys = [f"lsh.{b}" for b in self.bands.keys(instruction)]
-        await asyncio.gather(*(join_band(self.kv, k, id) for k in claim.band_keys))  # bands first
+        # Bands first. A band this process has not seen is guessed absent (most of a new
+        # instruction's bands are): one conditional create instead of a read and a create.
+        joined = await asyncio.gather(
+            *(
+                join_band(self.kv, k, id, guess=self.bands_seen.get(k) or _ABSENT)
+                for k in claim.band_keys
+            )
+        )
+        for k, band in zip(claim.band_keys, joined, strict=True):
+            self.bands_seen.put(k, band)
         encoded = encode_words(own)
         claim.words_key = f"words.{id}"
         rank = await self.kv.put(claim.words_key, encoded)  # the commit point: ranks us
-        members = await asyncio.gather(*(read_band(self.kv, k) for k in claim.band_keys))
+        # Read after the commit, from the bucket (never the cache): see the protocol above.
+        entries = await get_many(self.kv, claim.band_keys)  # one batched read where possible
+        read = [_band(entries.get(k)) for k in claim.band_keys]
+        for k, band in zip(claim.band_keys, read, strict=True):
+            self.bands_seen.put(k, band)
+            claim.seen[k] = band
+        members = [band.doc.ids for band in read]
         ids = {i for band in members for i in band} - {id}
         decision = decide(own, rank, await self._candidates(ids), threshold=self.bands.threshold)
         if decision.admitted:
@@ -220,19 +298,14 @@ class DedupIndex:
                 missing.append(i)
             else:
                 out.append(Candidate(i, *hit))
-        fetched = await asyncio.gather(*(self._words(i) for i in missing))
+        fetched = await get_many(self.kv, [f"words.{i}" for i in missing])
         self.fetched += len(missing)
-        for i, entry in zip(missing, fetched, strict=True):
+        for i in missing:
+            entry = fetched.get(f"words.{i}")
             if entry is None:  # not committed yet: it will see us when it decides
                 out.append(Candidate(i, None, 0))
             else:
-                self.cache.put(i, *entry)
-                out.append(Candidate(i, *entry))
+                words = (entry.value or b"", entry.revision or 0)
+                self.cache.put(i, *words)
+                out.append(Candidate(i, *words))
         return out
-
-    async def _words(self, id: str) -> tuple[bytes, int] | None:
-        try:
-            entry = await self.kv.get(f"words.{id}")
-        except KeyNotFoundError:
-            return None
-        return entry.value or b"", entry.revision or 0

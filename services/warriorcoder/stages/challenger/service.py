@@ -30,13 +30,14 @@ from nats.errors import Error as NatsError
 from warriorcoder.arena.decontam import NgramIndex
 from warriorcoder.arena.instructions import clean, normalise
 from warriorcoder.arena.near_dup import LshBands
-from warriorcoder.arena.prompts import challenge_system_prompt
+from warriorcoder.arena.prompts import PROMPT_SET_VERSION, challenge_system_prompt
 from warriorcoder.arena.schedule import round_robin
 from warriorcoder.errors import ArenaError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Challenge, SamplingParams, battle_id
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ports import Inference, KeyValueStore, Publisher
+from warriorcoder.runtime.provenance import Stamper
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Deps, Stage
@@ -107,6 +108,10 @@ class Miner:
         s = settings
         c = s.challenger
         self.s = s
+        # provenance: the stamp of each challenge; the served model versions it records
+        self.stamper = Stamper("challenger", s, roster, prompt_set=PROMPT_SET_VERSION)
+        self.roster = roster
+        inference = self.stamper.watch(inference)
         self.inference = inference
         self.publisher = publisher
         self.schedule = kvs[subjects.KV_SCHEDULE]
@@ -236,6 +241,12 @@ class Miner:
             created_at=time.time(),
             quality=score,
             quality_scorer=scorer,
+            stamp=self.stamper.stamp(
+                [attacker] if scorer is None else [attacker, scorer],
+                sampling={}
+                if scorer is None
+                else {"quality": self.roster[scorer].sampling["quality"]},
+            ),
         )
         try:
             await self.publisher.publish(subjects.CHALLENGES, challenge, msg_id=cid)

@@ -4,7 +4,12 @@ Usage::
 
     warriorcoder serve judge --config arena.yaml
 
-Judges are the arena's judge pool minus the battle's two competitors. In ``both`` mode (default)
+Judges are the arena's judge pool minus the battle's two competitors and, under
+``judge.family_policy: exclude`` (default), minus the judges of a fighter's family
+(``ArenaSettings.judges_for``); under ``weight`` those judges vote with ``Vote.weight`` below 1
+(``ArenaSettings.vote_weight``). Each vote keeps the judge's raw reply per order
+(``Vote.reasons``: its reasoning and verdict, the last reply of a re-asked order) and the
+sampling of its calls (``Vote.sampling``). In ``both`` mode (default)
 each judge sees the answers in both orders and a judge whose orders disagree votes a tie; in
 ``alternate`` mode (the paper's) one order, chosen by the battle id's parity. A reply without a
 verdict label is re-asked, then the vote is recorded invalid. A battle the verifier ran shows the
@@ -20,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from warriorcoder.arena.invariants import check_battle, orders_for
-from warriorcoder.arena.prompts import judge_messages
+from warriorcoder.arena.prompts import PROMPT_SET_VERSION, judge_messages
 from warriorcoder.arena.verdicts import (
     VERDICT_CHOICES,
     Label,
@@ -34,6 +39,7 @@ from warriorcoder.proto.messages import Battle, Judgement, RunResult, Vote
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ask import Asked, ask
 from warriorcoder.runtime.ports import Inference, Publisher
+from warriorcoder.runtime.provenance import Stamper
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage
@@ -51,6 +57,8 @@ def make_handler(
     breaks the arena's invariants is poison, before any judge is asked. ``orders_for`` (whose
     answer each verdict shows first) is the rule the aggregator checks the votes against."""
     s = settings
+    stamper = Stamper("judge", s, roster, prompt_set=PROMPT_SET_VERSION)  # provenance
+    inference = stamper.watch(inference)
 
     async def verdict(
         judge: str,
@@ -58,19 +66,25 @@ def make_handler(
         first: str,
         second: str,
         runs: tuple[RunResult, RunResult] | None,
-    ) -> Asked[Label]:
+    ) -> tuple[Asked[Label], str]:
+        replies: list[str] = []
+
+        def parse(text: str) -> Label | None:
+            replies.append(text)  # the raw reply, kept as the vote's reason
+            return parse_verdict(text)
+
         asked: Asked[Label] = await ask(
             inference,
             roster[judge],
             lambda reask: judge_messages(question, first, second, reask=reask, execution=runs),
-            parse_verdict,
+            parse,
             role="judge",
             choices=VERDICT_CHOICES,
             max_reasks=s.judge.max_reasks,
         )
         if asked.reasks:
             metrics.REASKS.labels(judge=judge).inc(asked.reasks)
-        return asked
+        return asked, replies[-1] if replies else ""
 
     async def vote(judge: str, b: Battle, orders: list[Role]) -> Vote:
         question = b.challenge.instruction
@@ -89,7 +103,7 @@ def make_handler(
                 for first in orders
             )
         )
-        labels = [r.value for r in results]
+        labels = [r.value for r, _ in results]
         winner = combine(orders, labels)
         metrics.VOTES.labels(judge=judge, outcome=winner).inc()
         parsed = [winner_of(o, lab) for o, lab in zip(orders, labels, strict=True) if lab]
@@ -101,7 +115,10 @@ def make_handler(
             orders=list(orders),
             verdicts=[label if label is not None else "invalid" for label in labels],
             winner=winner,
-            asked=sum(r.calls for r in results),
+            asked=sum(r.calls for r, _ in results),
+            reasons=[reply for _, reply in results],
+            sampling=roster[judge].sampling["judge"],
+            weight=s.vote_weight(judge, b.challenge.attacker, b.challenge.defender),
         )
 
     async def handle(b: Battle) -> None:
@@ -116,6 +133,7 @@ def make_handler(
             votes=votes,
             position_mode=s.judge.position_mode,
             judged_at=time.time(),
+            stamp=stamper.stamp(judges),
         )
         await publisher.publish(subjects.JUDGEMENTS, judgement, msg_id=b.id)
         log.info("battle judged", extra={"id": b.id, "votes": [v.winner for v in votes]})

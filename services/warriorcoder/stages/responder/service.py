@@ -32,13 +32,14 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from warriorcoder.arena.invariants import check_challenge
-from warriorcoder.arena.prompts import response_system_prompt
+from warriorcoder.arena.prompts import PROMPT_SET_VERSION, response_system_prompt
 from warriorcoder.arena.test_writing import choose_writer, parse_tests, supports, writer_messages
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Answer, Battle, Challenge, ChallengeTests
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ask import Asked, ask
 from warriorcoder.runtime.ports import Inference, Publisher
+from warriorcoder.runtime.provenance import Stamper
 from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage
@@ -56,6 +57,8 @@ def make_handler(
     uninvolved model write its tests (``roster``: the stage's models, ``STAGE.models``); a
     challenge that breaks the arena's invariants is poison, before any model is asked."""
     verify = settings.verifier.enabled
+    stamper = Stamper("responder", settings, roster, prompt_set=PROMPT_SET_VERSION)
+    inference = stamper.watch(inference)  # the versions served, for the battle's stamp
 
     async def answer(model: str, role: str, ch: Challenge) -> Answer:
         m = roster[model]
@@ -116,6 +119,7 @@ def make_handler(
             defender_answer=defender,
             answered_at=time.time(),
             tests=tests,
+            stamp=stamper.stamp([ch.attacker, ch.defender, *([tests.writer] if tests else [])]),
         )
         subject = subjects.ANSWERED if verify else subjects.BATTLES
         await publisher.publish(subject, battle, msg_id=battle.id)

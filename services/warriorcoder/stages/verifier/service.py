@@ -37,11 +37,14 @@ from msgspec.structs import replace
 
 from warriorcoder.arena.code_blocks import solution_code
 from warriorcoder.arena.invariants import check_battle
+from warriorcoder.arena.prompts import PROMPT_SET_VERSION
 from warriorcoder.errors import RetryableError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.messages import Battle, ChallengeTests, Execution, RunResult
 from warriorcoder.runtime import metrics
 from warriorcoder.runtime.ports import Publisher
+from warriorcoder.runtime.provenance import Stamper
+from warriorcoder.runtime.roster import Roster
 from warriorcoder.runtime.settings import ArenaSettings
 from warriorcoder.runtime.stage import Consumes, Deps, Handler, Stage, no_models
 from warriorcoder.runtime.tasks import gather
@@ -88,6 +91,8 @@ def make_handler(
 ) -> Handler[Battle]:
     """Verify each battle in ``sandbox`` (``description``, e.g. "bubblewrap 0.8.0", is recorded
     in every ``Execution``) and publish it to the judges."""
+    # provenance: the verifier's stamp, in each Execution it made
+    stamper = Stamper("verifier", settings, Roster([]), prompt_set=PROMPT_SET_VERSION)
 
     async def run(b: Battle, role: str, tests: ChallengeTests) -> RunResult:
         answer = b.attacker_answer if role == "attacker" else b.defender_answer
@@ -113,7 +118,11 @@ def make_handler(
         if attacker.status == defender.status == "sandbox_error":
             raise RetryableError(f"the sandbox failed on both answers: {attacker.stderr[-200:]!r}")
         execution = Execution(
-            attacker=attacker, defender=defender, sandbox=description, verified_at=time.time()
+            attacker=attacker,
+            defender=defender,
+            sandbox=description,
+            verified_at=time.time(),
+            stamp=stamper.stamp([]),
         )
         await publisher.publish(subjects.BATTLES, replace(b, execution=execution), msg_id=b.id)
         metrics.VERIFIER_BATTLES.labels(result="verified").inc()
