@@ -70,13 +70,17 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
 
 
 def summary(name: str, pts: list[tuple[int, int]], warmup: int) -> str:
-    """One service's line: RSS at the warm-up mark and at the end, and the fitted slope."""
+    """One service's line: RSS at the warm-up mark and at the end, the slope fitted from the
+    warm-up mark, and the slope of the last half alone (a level that still rises there is
+    growing; one that rose early and then stopped is a cache filling)."""
     after = [(b, r) for b, r in pts if b >= warmup]
-    s = slope([b for b, _ in after], [r for _, r in after]) * 1000
+    late = [(b, r) for b, r in pts if b >= pts[-1][0] / 2]
+    s, s2 = (slope([b for b, _ in p], [r for _, r in p]) * 1000 for p in (after, late))
     first, last = after[0][1] if after else 0, pts[-1][1]
     return (
         f"rss {name}: {first / 2**20:.1f} -> {last / 2**20:.1f} MiB over {pts[-1][0]} battles "
-        f"(slope from {warmup}), slope {s / 1024:+.1f} KiB per 1k battles"
+        f"(slope from {warmup}), slope {s / 1024:+.1f} KiB per 1k battles, "
+        f"last half {s2 / 1024:+.1f} KiB per 1k"
     )
 
 

@@ -15,6 +15,10 @@ ratio. ``--profile DIR`` records a py-spy flame graph (``DIR/<service>.svg``) of
 over the measured battles (py-spy's sampling costs CPU: compare figures without it); with
 ``--profile-format raw`` it records collapsed stacks (``DIR/<service>.txt``) instead and prints
 each service's top frames by their share of the samples (inclusive: the frame or its callees).
+After the battles, ``--nats-ops N`` times N sequential KV operations of each kind on the arena's
+nats-server from this process (CPU microseconds per operation: what nats.py itself costs per
+request, JSON API get vs direct get vs one batched read of 25 keys, nats.py's write vs
+``js_publish``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from warriorcoder.launcher.arena import LocalArena
 from warriorcoder.proto.messages import SamplingParams
@@ -86,6 +92,52 @@ def top_frames(collapsed: str, n: int) -> list[tuple[str, float]]:
     return [(f, c / total) for f, c in inclusive.most_common(n)] if total else []
 
 
+async def nats_ops(url: str, n: int) -> dict[str, float]:
+    """CPU microseconds of this process per KV operation, ``n`` sequential operations each."""
+    from warriorcoder.runtime.bus import connect
+    from warriorcoder.runtime.settings import NatsSettings
+
+    nc = await connect(NatsSettings(url=url), persistent=False)
+    out: dict[str, float] = {}
+    try:
+        for direct in (False, True):
+            out.update(await _bucket_ops(nc.jetstream(), direct, n))
+    finally:
+        await nc.close()
+    return out
+
+
+async def _bucket_ops(js: Any, direct: bool, n: int) -> dict[str, float]:
+    import uuid
+
+    from nats.js import api as js_api
+
+    from warriorcoder.runtime.bus import RetryingKeyValue
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    raw = await js.create_key_value(js_api.KeyValueConfig(bucket=name, direct=direct))
+    kv = RetryingKeyValue(raw, budget_s=5)
+    keys = [f"k{i}" for i in range(25)]
+    for k in keys:
+        await kv.put(k, b"x" * 64)
+    out: dict[str, float] = {}
+
+    async def timed(label: str, op: Callable[[int], Awaitable[object]]) -> None:
+        started = time.process_time()
+        for i in range(n):
+            await op(i)
+        out[label] = (time.process_time() - started) / n * 1e6
+
+    await timed(f"get ({'direct' if direct else 'JSON API'})", lambda i: raw.get(keys[i % 25]))
+    if direct:
+        await timed("get_many of 25 keys (one batched direct get)", lambda i: kv.get_many(keys))
+    else:
+        await timed("put (nats.py KeyValue.put)", lambda i: raw.put(keys[i % 25], b"y"))
+        await timed("put (RetryingKeyValue, js_publish)", lambda i: kv.put(keys[i % 25], b"y"))
+    await js.delete_key_value(name)
+    return out
+
+
 async def direct(arena: LocalArena, requests: dict[str, int], concurrency: int) -> float:
     """Seconds to send ``requests`` (per model) straight to Triton at full concurrency."""
     assert arena.run_settings is not None
@@ -136,6 +188,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         now = triton_requests(metrics_port)
         requests = {m: now[m] - served.get(m, 0) for m in now if now[m] > served.get(m, 0)}
         straight = await direct(arena, requests, args.concurrency)
+        per_op = await nats_ops(arena.nats_url, args.nats_ops) if args.nats_ops else {}
     per_battle = {n: (after[n] - before[n]) / args.battles * 1e3 for n in pids}
     for name, ms in per_battle.items():
         r = (calls_after[name][0] - calls_before[name][0]) / args.battles
@@ -143,6 +196,8 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         print(f"cpu_ms_per_battle {name}={ms:.2f}")
         print(f"syscalls_per_battle {name} reads={r:.0f} writes={w:.0f}")
     print(f"cpu_ms_per_battle sum={sum(per_battle.values()):.2f}")
+    for label, us in per_op.items():
+        print(f"nats_cpu_us_per_op {label}: {us:.0f}")
     if args.profile and args.profile_format == "raw":
         for name in pids:
             path = args.profile / f"{name}.txt"
@@ -166,6 +221,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64, help="direct requests in flight")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs here")
     ap.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph")
+    ap.add_argument("--nats-ops", type=int, default=0, help="time N KV operations of each kind")
     ap.add_argument("--top", type=int, default=25, help="frames listed per service (raw)")
     here = Path(sys.executable).parent / "py-spy"
     ap.add_argument(

@@ -1,7 +1,7 @@
 """The arena's page in a real browser (Debian's chromium, headless, driven by selenium through
 chromium-driver): ``warriorcoder web`` over a real nats-server holding real samples renders the
-leaderboard with interval bars, the charts and the battles; hostile answers do not execute;
-search, paging and live updates work.
+leaderboard with interval bars, the charts, the judges' family bias (families from ``--config``)
+and the battles; hostile answers do not execute; search, paging and live updates work.
 
 Set ``WARRIORCODER_WEB_SCREENSHOT=docs/images/web.png`` to save the screenshot for the docs.
 """
@@ -17,11 +17,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from msgspec.structs import replace
 
+from tests.helpers import arena_tree
 from tests.unit.test_web_views import make_sample, vote
 from warriorcoder.launcher.processes import free_port
 from warriorcoder.proto import subjects
@@ -118,12 +121,27 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
+FAMILIES = {"alpha": "qwen", "beta": "llama", "delta": "qwen"}  # gamma and eps: none
+
+
+def _config(path: Path) -> Path:
+    """An arena config over the test's models, for ``web --config``: alpha and the judge delta
+    are qwen, beta llama (under the default exclude, eps still judges every battle)."""
+    tree = arena_tree(judges=["delta", "eps"])
+    for judge in ("delta", "eps"):
+        tree["models"][judge] = {**tree["models"]["alpha"], "triton_model": judge}
+    for name, family in FAMILIES.items():
+        tree["models"][name]["family"] = family
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
 @pytest.fixture
-def web(nats_url: str) -> Iterator[str]:
+def web(nats_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "warriorcoder.cli", "web", "--nats", nats_url, "--port", str(port),
-         "--window", "8", "--bootstrap", "20"],
+         "--window", "8", "--bootstrap", "20", "--config", str(_config(tmp_path / "arena.yaml"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -171,6 +189,20 @@ def test_page_renders_the_arena_and_never_runs_model_text(nats_url: str, web: st
     assert "duplicate" in funnel and "too_long" in funnel and "became samples" in funnel
     judges = _text(browser, "#judges")
     assert "delta" in judges and "eps" in judges
+    # Family bias over the window (6-13), eps the neutral panel: delta (qwen) met alpha in 6, 8,
+    # 9, 11, 12; eps backed alpha's opponent in 11 and 12 (9: a tie, no majority) and delta went
+    # with eps, 0 of 2. Without a qwen fighter (7, 10, 13) delta never left eps, 0 of 3. Wilson
+    # 0/2 -> [0, 0.658], 0/3 -> [0, 0.561]; Newcombe [-0.561, +0.658]. eps has no family: n/a.
+    rows = (
+        "return [...document.querySelectorAll('#bias tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.textContent))"
+    )
+    _wait(browser, lambda d: [r[5] for r in d.execute_script(rows)] == ["8", "8"])  # the window
+    assert browser.execute_script(rows) == [
+        ["delta", "qwen", "0% [0%, 66%] (0/2)", "0% [0%, 56%] (0/3)", "0 pp [-56, +66]", "8", "5"],
+        ["eps", "none", "n/a", "0% [0%, 56%] (0/3)", "n/a", "8", "0"],
+    ]
+    assert browser.find_element(By.ID, "bias-note").is_displayed() is False
 
     # The battle list: all 13, newest first, the 5 below the 8-battle window read from the stream.
     _wait(browser, lambda d: len(_cards(d)) == 13)

@@ -1,6 +1,8 @@
 """Adaptive concurrency against a real Triton serving a continuous-batching test model
 (``warriorcoder.testing.continuous_batching``): the limit climbs to about the backend's capacity,
-and backs off when another client fills the backend and its latency rises."""
+and backs off when another client fills the backend and its latency rises, within seconds even
+when the flood is so heavy that almost none of our requests finish (requests still running cut
+the limit)."""
 
 from __future__ import annotations
 
@@ -81,6 +83,16 @@ async def _watch(pool: TritonPool, seconds: float) -> list[int]:
     return seen
 
 
+async def _watch_timed(pool: TritonPool, seconds: float) -> list[tuple[float, int]]:
+    """(seconds since the start, limit) every 50 ms."""
+    seen = []
+    start = time.monotonic()
+    while (t := time.monotonic() - start) < seconds:
+        seen.append((t, pool.limits()[("gpu", pool._backends["gpu"].endpoint)]))
+        await asyncio.sleep(0.05)
+    return seen
+
+
 async def test_the_limit_finds_the_capacity_and_backs_off_when_latency_rises(gpu_url):
     cfg = _cfg(
         gpu_url,
@@ -124,3 +136,44 @@ async def test_the_limit_finds_the_capacity_and_backs_off_when_latency_rises(gpu
     assert served / elapsed > 0.3 * CAPACITY / (STEP_S * TOKENS), (served, elapsed)
     print(f"limits: climb {climb[::10]}, crowded {crowded[::10]}, recovered {recovered[::10]}")
     print(f"served {served / elapsed:.1f} requests/s")
+
+
+FLOOD_CALLERS = 32  # another client's requests in flight: four full batches
+FLOOD_TOKENS = 50  # 2 s each in a batch: ours queue behind them for about 7 s
+
+
+async def test_a_heavy_flood_cuts_the_limit_while_our_requests_are_stuck(gpu_url):
+    cfg = _cfg(gpu_url, max_concurrency=64, initial_concurrency=2, latency_tolerance=TOLERANCE)
+    flood_cfg = _cfg(gpu_url, max_concurrency=FLOOD_CALLERS, adaptive_concurrency=False)
+    async with TritonPool({"gpu": cfg}) as pool, TritonPool({"gpu": flood_cfg}) as flood:
+        stop, stop_flood = asyncio.Event(), asyncio.Event()
+        load = asyncio.create_task(_drive(pool, stop, 64, TOKENS))
+        try:
+            climb = await _watch(pool, 6.0)
+            other = asyncio.create_task(_drive(flood, stop_flood, FLOOD_CALLERS, FLOOD_TOKENS))
+            try:
+                crowded = await _watch_timed(pool, 8.0)
+            finally:
+                stop_flood.set()
+                await other
+            recovered = await _watch(pool, 12.0)
+        finally:
+            stop.set()
+            await load
+    level = statistics.median(climb[len(climb) // 2 :])
+    at = {round(t, 1): limit for t, limit in crowded[::5]}
+    print(f"level {level}; since the flood began (s: limit): {at}; recovered {recovered[::20]}")
+    assert level >= CAPACITY, climb
+    # the limit as the flood began (windows of requests that finished before it may still close
+    # in the first half second)
+    top = max(limit for t, limit in crowded if t <= 0.5)
+    # our requests now take about 7 s and hardly any finish: the windows of finished requests
+    # alone cut 19 -> 13 and hold it there for the 8 s. The running ones' timeouts cut it as
+    # soon as the first is overdue (RTO and budget both about 3 x an unloaded request: well
+    # within a second), then after 2 and 4 times that (TCP's backoff; the RTO also grows as
+    # stuck requests finish): a quarter off within 1.5 s, half by the end
+    assert min(limit for t, limit in crowded if t <= 1.5) <= 0.8 * top, crowded
+    assert crowded[-1][1] <= top / 2, crowded
+    assert statistics.median(limit for _, limit in crowded[len(crowded) // 2 :]) <= 0.6 * top
+    # once the flood has drained it climbs back to the capacity
+    assert max(recovered) >= CAPACITY, recovered

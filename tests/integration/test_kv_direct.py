@@ -60,3 +60,24 @@ async def test_get_many_returns_what_single_gets_return(bus, direct):
     assert got[keys[1]].value == b"newer"
     assert await kv.get_many(["lsh.nothing"]) == {}
     assert await get_many(kv, [keys[3]]) == {keys[3]: got[keys[3]]}  # the helper uses it
+
+
+async def test_writes_keep_nats_py_semantics(bus):
+    from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
+
+    from warriorcoder.runtime.bus import js_publish
+
+    kv = await _bucket(bus, direct=True)
+    assert kv._fast  # writes go through js_publish, not nats.py's KeyValue
+    first = await kv.create("k", b"1")
+    with pytest.raises(KeyWrongLastSequenceError):
+        await kv.create("k", b"2")  # exists
+    with pytest.raises(KeyWrongLastSequenceError):
+        await kv.update("k", b"2", last=first + 100)
+    second = await kv.update("k", b"2", last=first)
+    await kv.delete("k")
+    again = await kv.create("k", b"3")  # re-created on its delete marker
+    assert first < second < again and (await kv.get("k")).value == b"3"
+    assert await kv.put("other", b"x") == again + 1
+    with pytest.raises(NoStreamResponseError):
+        await js_publish(bus.nc, f"nostream.{uuid.uuid4().hex}", b"x", wait_s=2)

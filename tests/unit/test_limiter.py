@@ -12,6 +12,7 @@ from warriorcoder.runtime.limiter import (
     ConcurrencyGate,
     FixedLimit,
     GradientLimit,
+    Running,
     Sample,
 )
 from warriorcoder.runtime.settings import ConfigError, ModelSettings, parse_settings
@@ -181,6 +182,90 @@ def test_a_fixed_limit_ignores_samples():
     assert lim.limit == 8
 
 
+# -- requests still running (TCP's retransmission timeout) ----------------------------------------
+
+
+def test_the_deadline_is_the_rto_or_the_token_budget_at_the_tolerated_latency():
+    lim = limiter()
+    assert lim.deadline(8) is None  # no request finished yet: nothing to time against
+    window(lim)  # four samples of 1.0 s for 8 tokens
+    # RFC 6298: SRTT 1.0; RTTVAR 0.5, then 3/4 of it per identical sample: 0.2109375
+    assert lim.srtt == 1.0 and lim.rttvar == 0.2109375
+    rto = 1.0 + 4 * 0.2109375  # 1.84375
+    assert lim.deadline(None) == rto  # no budget: the RTO alone
+    assert lim.deadline(4) == rto  # 2.0 x 0.125 x 4 = 1.0 is shorter
+    assert lim.deadline(8) == 2.0  # 2.0 x 0.125 x 8
+    assert lim.deadline(32) == 8.0
+
+
+def test_an_overdue_request_cuts_the_limit_and_the_timer_doubles():
+    lim = limiter()
+    assert window(lim) == 8  # baseline 0.125 s/token
+    running = [Running(0.0, 8), Running(0.5, 32)]  # deadlines 2.0 and 8.0
+    assert lim.check(1.0, running) == 2.0 and lim.limit == 8  # due at 0 + 2.0: not yet
+    # at 2.0 the first is overdue: a loss, 8 x 0.75; the timer restarts for both from now,
+    # doubled: 2.0 + 2 x 2.0 = 6.0 (the second: 2.0 + 2 x 8.0 = 18.0)
+    assert lim.check(2.0, running) == 6.0 and lim.limit == 6
+    assert lim.check(3.0, running) == 6.0 and lim.limit == 6  # one cut per timeout
+    assert lim.check(6.0, running) == 14.0 and lim.limit == 4  # 4.5; next 6 + 4 x 2.0
+    assert lim.check(14.0, running) == 30.0 and lim.limit == 3  # 3.375; next 14 + 8 x 2.0
+    assert lim.timeouts == 3
+    # the requests end; a window within the tolerance ends the timer's backoff, and growth is
+    # additive (a timeout is congestion: no slow start): 3.375 + sqrt(3.375) = 5.21
+    assert window(lim) == 5
+    assert lim.timeouts == 0 and lim.deadline(8) == 2.0
+    assert lim.check(40.0, []) is None and lim.limit == 5  # nothing running
+
+
+def test_the_timer_backs_off_to_sixty_four_times_at_most():
+    lim = limiter(initial=32)
+    assert window(lim) == 32  # at the cap; deadline(8) = 2.0
+    running = [Running(0.0, 8)]
+    due = lim.check(0.0, running)
+    dues = []
+    for _ in range(13):
+        assert due is not None
+        due = lim.check(due, running)  # each check at its due time cuts once
+        dues.append(due)
+    # the timer restarts at each cut with 2.0 x 2^k, k capped at 6 (128 s)
+    assert dues == [6.0, 14.0, 30.0, 62.0, 126.0, 254.0] + [254.0 + 128 * i for i in range(1, 8)]
+    assert lim.timeouts == 6
+    assert lim.limit == 1  # 32 x 0.75^13 = 0.76: the floor
+
+
+def test_short_answers_that_are_mostly_prefill_are_not_overdue():
+    lim = limiter()
+    # long answers (4.0 s for 32 tokens) and one-token ones that still take 0.5 s (the prompt)
+    for i in range(lim.window):
+        lim.add(Sample(4.0 if i % 2 == 0 else 0.5, 32 if i % 2 == 0 else 1, lim.limit))
+    assert lim.baseline == 9.0 / 66  # per token: a one-token budget would allow 0.27 s
+    # RFC 6298 over 4.0, 0.5, 4.0, 0.5: SRTT 3.2275390625, RTTVAR 2.197265625
+    assert lim.deadline(1) == pytest.approx(3.2275390625 + 4 * 2.197265625)
+    assert lim.check(0.5, [Running(0.0, 1)]) == pytest.approx(12.0166015625)
+    assert lim.limit == 8  # a 0.5 s one-token answer cuts nothing
+
+
+def test_without_token_counts_the_budget_is_not_used():
+    lim = limiter()
+    window(lim, latency_s=2.0, tokens=None)  # the baseline is per request: 2.0 s
+    # 2 x 2.0 x 512 would be 2048 s; the RTO is 2.0 + 4 x 0.421875
+    assert lim.deadline(512) == 3.6875
+
+
+def test_an_outage_forgets_the_timer():
+    lim = limiter()
+    window(lim)
+    lim.check(2.0, [Running(0.0, 8)])
+    assert lim.timeouts == 1
+    lim.restart()
+    assert lim.deadline(8) is None and lim.timeouts == 0
+    assert lim.check(100.0, [Running(0.0, 8)]) is None and lim.limit == 1
+
+
+def test_a_fixed_limit_has_no_timer():
+    assert FixedLimit(4).check(100.0, [Running(0.0, 1)]) is None
+
+
 # -- the gate -------------------------------------------------------------------------------------
 
 
@@ -255,6 +340,55 @@ async def test_a_waiter_cancelled_just_after_its_turn_hands_the_slot_on():
     await asyncio.gather(first, return_exceptions=True)
     await asyncio.wait_for(second, 1)
     assert entered == ["second"] and gate.in_flight == 0
+
+
+async def test_a_stuck_request_cuts_the_limit_before_it_finishes():
+    seen: list[int] = []
+    down_to_two = asyncio.Event()
+
+    def changed(limit: int, busy: int) -> None:
+        seen.append(limit)
+        if limit == 2:
+            down_to_two.set()
+
+    lim = limiter(initial=2, min_window=1)  # one-sample windows at a limit of 2
+    gate = ConcurrencyGate(lim, on_change=changed)
+    async with gate.slot(tokens=1) as slot:
+        slot.done(0.2, 1)  # baseline 0.2 s/token; slow start 2 -> 4
+    assert gate.limit == 4 and lim.deadline(1) == pytest.approx(0.6)  # RTO 0.2 + 4 x 0.1
+    down_to_two.clear()  # set by the initial limit
+    async with gate.slot(tokens=1) as slot:
+        await asyncio.sleep(0.05)  # well within its deadline: nothing happens
+        assert gate.limit == 4
+        # then stuck: overdue at 0.6 s (4 -> 3), again 1.2 s later (2.25 -> 2), while running
+        await asyncio.wait_for(down_to_two.wait(), 5.0)
+        assert gate.limit == 2 and gate.in_flight == 1 and slot.sample is None
+        assert seen[-2:] == [3, 2]  # each cut reported to the metrics as it happens
+    cuts = len(seen)
+    await asyncio.sleep(0.8)  # nothing runs: the timer is gone, no more cuts
+    assert gate.limit == 2 and len(seen) == cuts
+
+
+async def test_a_request_due_sooner_than_those_running_gets_its_own_timer():
+    cut = asyncio.Event()
+    lim = limiter(initial=2, min_window=1)
+    gate = ConcurrencyGate(lim, on_change=lambda limit, busy: cut.set() if limit == 3 else None)
+    async with gate.slot(tokens=1) as slot:
+        slot.done(0.2, 1)  # baseline 0.2 s/token, RTO 0.6 s; limit 2 -> 4
+    assert lim.deadline(1000) == 400.0 and lim.deadline(1) == pytest.approx(0.6)
+    release = asyncio.Event()
+
+    async def long_answer() -> None:
+        async with gate.slot(tokens=1000):  # may run 2 x 0.2 x 1000 = 400 s
+            await release.wait()
+
+    task = asyncio.create_task(long_answer())
+    await asyncio.sleep(0.01)
+    async with gate.slot(tokens=1):  # due after 0.6 s, long before the first
+        await asyncio.wait_for(cut.wait(), 3.0)
+        assert gate.limit == 3 and gate.in_flight == 2
+    release.set()
+    await task
 
 
 async def _enter(gate: ConcurrencyGate) -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tests.helpers import SP, arena_settings
-from warriorcoder.runtime.settings import ConfigError, ModelSettings
+from warriorcoder.runtime.settings import ConfigError, LocalModelSettings, ModelSettings
 from warriorcoder.runtime.triton import TritonPool, _Received
 
 NAME = "dns:///triton-alpha-headless:8001"
@@ -168,6 +168,6 @@ def test_a_malformed_dns_url_is_refused_with_the_key_named(url: str) -> None:
 
 
 def test_a_local_model_cannot_take_the_trtllm_contract() -> None:
-    cfg = model(triton_url=None, local={"path": "/m"}, contract="trtllm")
+    cfg = model(triton_url=None, local=LocalModelSettings(path="/m"), contract="trtllm")
     with pytest.raises(ConfigError, match=r"\$\.models\.alpha\.contract"):
         cfg.check("alpha")

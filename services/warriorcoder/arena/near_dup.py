@@ -45,8 +45,9 @@ Admission of ``<id>`` (``stages.challenger.filters.DedupIndex``):
 3. ``put`` ``words.<id>`` only once every addition is acknowledged. Its revision (the stream
    sequence, unique and increasing in the bucket) is the instruction's *rank*; this key is the
    commit point.
-4. ``get`` the 25 band keys (concurrently), drop ``<id>`` itself from their members, and ``get``
-   ``words.<member>`` of the rest (concurrently; a replica caches them, they never change).
+4. ``get`` the 25 band keys (one batched direct get where the bucket allows direct gets, else
+   concurrently), drop ``<id>`` itself from their members, and ``get`` ``words.<member>`` of the
+   rest (likewise; a replica caches them, they never change).
 5. ``decide(own_words, own_rank, candidates)``: a candidate rejects the newcomer iff its words are
    present, its rank is LOWER than the newcomer's, and the Jaccard similarity is >= the threshold.
    A candidate without words has not committed: its rank will be higher than ours, and it will
@@ -57,7 +58,10 @@ Admission of ``<id>`` (``stages.challenger.filters.DedupIndex``):
 
 Every step is a fixed number of single-key operations (25 compare-and-sets, one put, 25 gets, the
 candidates' words): no listing of the bucket, so an admission costs the same at 100k admitted
-instructions as at 1k, apart from the candidates themselves.
+instructions as at 1k, apart from the candidates themselves and the size of a popular band's
+member list (a band shared by a tenth of all instructions, as templated phrasing makes, holds a
+tenth of all ids). A compare-and-set starts from the value this process last saw (a band not
+seen yet: absent), so a band nobody else touched since costs one conditional write.
 
 Why two racing near-duplicates A and B are never both admitted: say A's ``words`` write got the
 lower revision (revisions are totally ordered). A's band additions were acknowledged before its

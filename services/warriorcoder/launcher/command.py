@@ -176,12 +176,16 @@ async def _run(
     exit code."""
     from warriorcoder.launcher.display import Display
     from warriorcoder.launcher.status import Snapshot
-    from warriorcoder.launcher.web import serve_leaderboard
+    from warriorcoder.launcher.web import families_of, serve_leaderboard
 
     snapshot = Snapshot(target=args.battles, demo_note=arena.note)
     code = 0
     async with serve_leaderboard(
-        "127.0.0.1", args.port, lambda: snapshot, nats_url=arena.state.cfg.url
+        "127.0.0.1",
+        args.port,
+        lambda: snapshot,
+        nats_url=arena.state.cfg.url,
+        families=families_of(arena.run_settings),  # the judges' family bias on the page
     ) as port:
         print(
             f"arena running after {time.monotonic() - start:.1f}s; leaderboard: "

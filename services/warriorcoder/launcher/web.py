@@ -4,13 +4,21 @@ funnel, judge statistics and a battle browser, served read-only by ``warriorcode
 
 Usage::
 
-    async with serve_leaderboard("127.0.0.1", 8787, lambda: snapshot, nats_url=url) as port: ...
+    families = families_of(settings)  # {model: family}; None: families unknown
+    async with serve_leaderboard(
+        "127.0.0.1", 8787, lambda: snapshot, nats_url=url, families=families
+    ) as port: ...
 
 Routes: ``GET /`` the page (static HTML, its script and style under ``/static/``), ``GET
 /api/status`` the snapshot as JSON, ``GET /api/board`` the snapshot with the charts' data,
 ``GET /api/battles`` a page of battles (``model``, ``winner``, ``disagree``, ``tested``, ``q``,
 ``before``, ``limit``), ``GET /api/battles/{seq}`` one battle in full. The page polls the JSON
 routes, so it updates without a reload.
+
+The board's ``bias`` is each judge's family bias over the battle window
+(``warriorcoder.data.judge_bias``), which needs every model's family from the arena config:
+``up`` passes its run's, ``warriorcoder web`` reads ``--config``; without them ``bias.known`` is
+false and the page says that families are unknown.
 
 Answers and judge replies are untrusted: the JSON carries them as strings, the page's script
 puts them into the document as text only, and every response carries a Content-Security-Policy
@@ -19,15 +27,16 @@ that runs no script but the page's own file (no inline script, no other origin).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+from warriorcoder.data.judge_bias import bias_to_json, judge_bias
 from warriorcoder.launcher.battle_index import BattleIndex
 from warriorcoder.launcher.battle_views import (
     BattleQuery,
@@ -38,9 +47,13 @@ from warriorcoder.launcher.battle_views import (
 )
 from warriorcoder.launcher.judge_stats import judge_stats
 from warriorcoder.launcher.status import NATS_DOWN, Snapshot
+from warriorcoder.proto.messages import Sample
 from warriorcoder.runtime.http import serve_app
 
-__all__ = ["CSP", "board", "build_app", "serve_leaderboard"]
+if TYPE_CHECKING:
+    from warriorcoder.runtime.settings import ArenaSettings
+
+__all__ = ["CSP", "board", "build_app", "families_of", "family_bias", "serve_leaderboard"]
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -54,15 +67,43 @@ _STATIC = {
 _MAX_LIMIT = 100
 
 
-def board(snapshot: Snapshot, index: BattleIndex | None) -> dict[str, Any]:
+def families_of(settings: ArenaSettings | None) -> dict[str, str | None] | None:
+    """Every model's ``family`` in the arena's settings (None without settings: unknown)."""
+    if settings is None:
+        return None
+    return {name: settings.family_of(name) for name in settings.models}
+
+
+def family_bias(
+    samples: Sequence[Sample], families: Mapping[str, str | None] | None
+) -> dict[str, Any]:
+    """The board's ``bias``: ``{"known", "families", "judges"}`` with ``judges`` as
+    ``bias_to_json`` writes it (by judge name, None where undefined). Unknown families
+    (``families`` None) give no rows rather than rates that would treat every judge as neutral."""
+    if families is None:
+        return {"known": False, "families": None, "judges": {}}
+    return {
+        "known": True,
+        "families": dict(families),
+        "judges": bias_to_json(judge_bias(samples, families)),
+    }
+
+
+def board(
+    snapshot: Snapshot,
+    index: BattleIndex | None,
+    *,
+    families: Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
     """Everything the page's charts draw: the snapshot, and from the battle window the win-rate
-    matrix, the ratings over time and the judges' statistics."""
+    matrix, the ratings over time, the judges' statistics and their family bias."""
     samples = [s for _, s in index.recent()] if index is not None else []
     return {
         "status": snapshot.to_json(),
         "matrix": win_matrix(samples),
         "history": rating_history(samples),
         "judges": [asdict(j) for j in judge_stats(samples)],
+        "bias": family_bias(samples, families),
         "window": {
             "battles": len(samples),
             "first_seq": index.first_seq if index is not None else 0,
@@ -87,8 +128,14 @@ async def _headers(
     return resp
 
 
-def build_app(current: Callable[[], Snapshot], index: BattleIndex | None) -> web.Application:
-    """The page's aiohttp application over a snapshot source and a battle index."""
+def build_app(
+    current: Callable[[], Snapshot],
+    index: BattleIndex | None,
+    *,
+    families: Mapping[str, str | None] | None = None,
+) -> web.Application:
+    """The page's aiohttp application over a snapshot source and a battle index; ``families``
+    (model to family, None: unknown) for the judges' family bias."""
     static = {
         name: (resources.files("warriorcoder.launcher").joinpath("static", name).read_bytes(), ct)
         for name, ct in _STATIC.items()
@@ -117,7 +164,7 @@ def build_app(current: Callable[[], Snapshot], index: BattleIndex | None) -> web
         snap = current()
         key = (id(snap), index.version if index is not None else 0)
         if cache.get("key") != key:  # the charts change only with the snapshot or the window
-            cache["key"], cache["body"] = key, orjson.dumps(board(snap, index))
+            cache["key"], cache["body"] = key, orjson.dumps(board(snap, index, families=families))
         return web.Response(body=cache["body"], content_type="application/json")
 
     async def battles(request: web.Request) -> web.Response:
@@ -173,12 +220,16 @@ async def serve_leaderboard(
     *,
     nats_url: str | None = None,
     window: int = 1000,
+    families: Mapping[str, str | None] | None = None,
 ) -> AsyncIterator[int]:
     """Serve the page on ``host:port`` (0: a free port, yielded); with ``nats_url`` the battle
-    browser reads the newest ``window`` samples from the samples stream."""
+    browser reads the newest ``window`` samples from the samples stream; ``families`` (model to
+    family, None: unknown) for the judges' family bias."""
     async with AsyncExitStack() as stack:
         index = None
         if nats_url is not None:
             index = await stack.enter_async_context(BattleIndex(nats_url, window=window))
-        bound = await stack.enter_async_context(serve_app(build_app(current, index), host, port))
+        bound = await stack.enter_async_context(
+            serve_app(build_app(current, index, families=families), host, port)
+        )
         yield bound

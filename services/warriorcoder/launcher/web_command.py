@@ -3,12 +3,15 @@
 Usage::
 
     warriorcoder web --nats nats://nats:4222 --port 8787
+    warriorcoder web --nats nats://nats:4222 --config arena.yaml   # with the judges' family bias
 
 Reads what ``warriorcoder up``'s page shows, all from NATS: backlogs, dead letters, ratings and
 rejection counts from the streams and KV buckets (``StatusReader``'s pieces), and the battles from
 the samples stream (``BattleIndex``). With no data directory at hand, the Bradley-Terry
 leaderboard is fitted over the battle window (the newest ``--window`` samples); the Elo column is
-the arena's live rating over every battle. Writes nothing.
+the arena's live rating over every battle. The judges' family bias needs every model's family,
+which only the arena config holds: ``--config`` reads it (with the environment's overrides, as the
+services do); without it the page says that families are unknown. Writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -27,9 +31,10 @@ from warriorcoder.data.pass_rates import PassRate, pass_rates
 from warriorcoder.data.votes import votes_from_samples
 from warriorcoder.launcher.battle_index import BattleIndex
 from warriorcoder.launcher.status import NATS_DOWN, Snapshot, StatusReader
-from warriorcoder.launcher.web import build_app
+from warriorcoder.launcher.web import build_app, families_of
 from warriorcoder.proto.messages import Sample
 from warriorcoder.runtime.http import serve_app
+from warriorcoder.runtime.settings import ConfigError, load_settings
 
 __all__ = ["cmd_web", "deployed_snapshot", "fit_board", "register"]
 
@@ -43,6 +48,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--window", type=int, default=1000, help="newest samples kept in memory (charts, search)"
     )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the CIs")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the arena config, for the models' families (the judges' family bias)",
+    )
     p.set_defaults(func=cmd_web)
 
 
@@ -50,8 +60,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     if args.window < 1:
         print(f"warriorcoder web: --window must be at least 1, not {args.window}", file=sys.stderr)
         return 2
+    families = None
+    if args.config:
+        try:
+            families = families_of(load_settings(args.config, os.environ))
+        except ConfigError as exc:
+            print(f"warriorcoder web: {exc}", file=sys.stderr)
+            return 2
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(_serve(args, families))
     except NATS_DOWN as exc:  # NATS unreachable at start, or the port taken
         print(f"warriorcoder web: {exc}", file=sys.stderr)
         return 1
@@ -77,7 +94,7 @@ def fit_board(
     return leaderboard(votes_from_samples(samples), bootstrap_n=bootstrap), pass_rates(samples)
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, families: dict[str, str | None] | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +104,9 @@ async def _serve(args: argparse.Namespace) -> int:
     async with (
         StatusReader(args.nats, Path("/nonexistent")) as reader,
         BattleIndex(args.nats, window=args.window) as index,
-        serve_app(build_app(lambda: snapshot, index), args.host, args.port) as port,
+        serve_app(
+            build_app(lambda: snapshot, index, families=families), args.host, args.port
+        ) as port,
     ):
         print(f"arena page: http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
         fitted, board, rates = -1, snapshot.leaderboard, snapshot.pass_rates

@@ -4,15 +4,17 @@ Usage::
 
     limit = GradientLimit(initial=8, min_limit=1, max_limit=256)
     gate = ConcurrencyGate(limit)
-    async with gate.slot() as slot:
+    async with gate.slot(tokens=512) as slot:  # the request's token budget (max_tokens)
         start = time.monotonic()  # after the slot: waiting here is not backend latency
         gen = await call_backend()
         slot.done(time.monotonic() - start, tokens=gen.output_tokens)  # or slot.drop()
 
 ``GradientLimit`` is the algorithm, pure and clock-free: it is fed one ``Sample`` per finished
-request and answers the new limit. ``ConcurrencyGate`` is the small asyncio part around it: a
-FIFO semaphore whose size follows the algorithm. ``FixedLimit`` keeps a constant limit
-(``adaptive_concurrency: false``).
+request and answers the new limit, and ``check(now, running)`` (time passed in) looks at the
+requests still running. ``ConcurrencyGate`` is the small asyncio part around it: a FIFO
+semaphore whose size follows the algorithm, and a timer that calls ``check`` when the next
+running request falls due. ``FixedLimit`` keeps a constant limit (``adaptive_concurrency:
+false``).
 
 The algorithm is the gradient controller of Envoy's adaptive concurrency filter (envoyproxy.io,
 configuration/http/http_filters/adaptive_concurrency_filter: ``gradient = (minRTT + buffer) /
@@ -50,23 +52,42 @@ Choices made for LLM backends, and why:
   0.5) and the limit backs off within a few windows when a backend fills up.
 - **No growth when the caller does not use the limit** (Netflix: ``inflight < limit / 2``), so
   an idle period does not leave a limit the backend never proved it could take.
+- **Requests still running count too** (TCP's retransmission timeout, RFC 6298 and RFC 5681
+  section 3.1). Samples come only from finished requests, so when another client floods the
+  backend and requests take 30 times longer, almost none finish and the windows above cannot
+  close. A running request is *overdue* once it has run longer than ``tolerance * baseline *
+  its token budget`` (what it may take at the worst latency the limit accepts) and than RFC
+  6298's ``RTO = SRTT + 4 * RTTVAR`` of finished requests' latencies (so a request mix whose
+  short answers are mostly prefill, slower per token than the baseline, does not trip it). An
+  overdue request is a loss, as a TCP timeout is: the limit is cut as for a dropped request
+  (``backoff``) and congestion ends slow start. As TCP does, the timer then restarts for every
+  running request and doubles after each timeout (RFC 6298 5.5-5.6), until a window shows
+  latency within the tolerance again: the limit keeps falling while requests stay stuck
+  (about d, 3d, 7d after the flood began, d the deadline), but a single deadline set too short
+  costs a few cuts, not the floor. A request without a budget gets the RTO alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
+
+# RFC 6298 2.5 allows a ceiling on the backed-off RTO: 64 times the deadline at most
+MAX_TIMER_BACKOFFS = 6
 
 __all__ = [
     "ConcurrencyGate",
     "FixedLimit",
     "GradientLimit",
     "LimitAlgorithm",
+    "Running",
     "Sample",
     "Slot",
 ]
@@ -84,6 +105,15 @@ class Sample:
     dropped: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Running:
+    """One request still running: when it got its slot (the caller's clock, seconds) and its token
+    budget (``max_tokens``; None when unknown)."""
+
+    started: float
+    tokens: int | None = None
+
+
 class LimitAlgorithm(Protocol):
     """What ``ConcurrencyGate`` needs of an algorithm."""
 
@@ -96,6 +126,16 @@ class LimitAlgorithm(Protocol):
 
     def restart(self) -> None:
         """The backend was down: start over from the floor."""
+        ...
+
+    def deadline(self, tokens: int | None = None) -> float | None:
+        """How long a request just started with a budget of ``tokens`` may run before it is
+        overdue (None: never)."""
+        ...
+
+    def check(self, now: float, running: Iterable[Running]) -> float | None:
+        """Look at the requests still running at ``now``; answer when the next check is due
+        (None: no running request can fall due)."""
         ...
 
 
@@ -116,6 +156,12 @@ class FixedLimit:
 
     def restart(self) -> None:
         pass
+
+    def deadline(self, tokens: int | None = None) -> float | None:
+        return None
+
+    def check(self, now: float, running: Iterable[Running]) -> float | None:
+        return None
 
 
 class GradientLimit:
@@ -161,6 +207,14 @@ class GradientLimit:
         # signal, and after an outage up to the limit that held before it.
         self._ssthresh = float(max_limit)
         self._at_floor = 0  # consecutive windows that ended at min_limit with latency too high
+        # RFC 6298's smoothed request latency and its mean deviation (None: no sample yet), whether
+        # the backend reports token counts, and the timeouts since latency was last within the
+        # tolerance (the timer's backoff exponent) and when the last one was
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self._counted = False
+        self.timeouts = 0
+        self._last_timeout: float | None = None
         # the current window: samples, drops, latency and tokens summed, most in flight
         self._n = 0
         self._dropped = 0
@@ -185,6 +239,8 @@ class GradientLimit:
         else:
             self._latency += sample.latency_s
             self._units += max(1, sample.tokens or 0)
+            self._counted = sample.tokens is not None
+            self._smooth(sample.latency_s)
         if self._n >= self.window:
             self._close_window()
         return self.limit
@@ -195,7 +251,73 @@ class GradientLimit:
         self._estimate = float(self.min_limit)
         self.baseline = None
         self._at_floor = 0
+        self.srtt = None
+        self.rttvar = 0.0
+        self.timeouts = 0
+        self._last_timeout = None
         self._clear_window()
+
+    def deadline(self, tokens: int | None = None) -> float | None:
+        """How long a request with a budget of ``tokens`` may run before it is overdue: the
+        longer of ``tolerance * baseline * tokens`` and the RTO, doubled per timeout since latency
+        was last within the tolerance. None before any request finished."""
+        parts = self._deadline_parts()
+        if parts is None:
+            return None
+        rto, per_token = parts
+        return rto if tokens is None else max(rto, per_token * max(1, tokens))
+
+    def check(self, now: float, running: Iterable[Running]) -> float | None:
+        """Cut the limit once if a running request is overdue at ``now`` (its time counted from
+        when it started or from the last timeout, whichever is later: the timer restarts);
+        answer when the next one falls due, None when none can."""
+        jobs = list(running)
+        due = self._due(jobs)
+        if due is not None and due <= now:
+            self._timeout(now)
+            due = self._due(jobs)
+        return due
+
+    def _deadline_parts(self) -> tuple[float, float] | None:
+        """The backed-off RTO and deadline per budgeted token (0: budgets not used)."""
+        if self.srtt is None:
+            return None
+        scale = 2**self.timeouts
+        per_token = 0.0
+        # per token only when the backend counts tokens: otherwise the baseline is per request
+        if self.baseline is not None and self._counted:
+            per_token = self.tolerance * self.baseline * scale
+        return (self.srtt + 4 * self.rttvar) * scale, per_token
+
+    def _due(self, jobs: list[Running]) -> float | None:
+        parts = self._deadline_parts()
+        if parts is None or not jobs:
+            return None
+        rto, per_token = parts
+        since = self._last_timeout if self._last_timeout is not None else -math.inf
+        # inlined deadline(): this runs over every running request when the timer fires
+        return min(
+            max(job.started, since)
+            + (rto if job.tokens is None else max(rto, per_token * max(1, job.tokens)))
+            for job in jobs
+        )
+
+    def _timeout(self, now: float) -> None:
+        """A running request is overdue: a loss, as TCP's timeout (RFC 5681 3.1), so the drop
+        rule's cut, congestion (no more slow start), and the timer backs off (RFC 6298 5.5)."""
+        self._estimate = max(float(self.min_limit), self._estimate * self.backoff)
+        self._ssthresh = self._estimate
+        self.timeouts = min(self.timeouts + 1, MAX_TIMER_BACKOFFS)
+        self._last_timeout = now
+
+    def _smooth(self, latency_s: float) -> None:
+        """RFC 6298 2.2-2.3: the first sample R sets ``SRTT = R``, ``RTTVAR = R / 2``; later ones
+        ``RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|``, then ``SRTT = 7/8 SRTT + 1/8 R``."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = latency_s, latency_s / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - latency_s)
+            self.srtt = 0.875 * self.srtt + 0.125 * latency_s
 
     def _clear_window(self) -> None:
         self._n = 0
@@ -232,6 +354,8 @@ class GradientLimit:
                 limit += math.sqrt(limit)
         if congested:
             self._ssthresh = max(float(self.min_limit), limit)
+        elif rtt is not None:
+            self.timeouts = 0  # latency within the tolerance again: the timer's backoff ends
         self._estimate = max(float(self.min_limit), min(float(self.max_limit), limit))
         self._rebase(congested and not dropped, rtt)
 
@@ -264,18 +388,27 @@ class Slot:
 
 class ConcurrencyGate:
     """A FIFO semaphore whose size is the algorithm's limit; ``on_change(limit, in_flight)`` is
-    called whenever either moves (for the metrics)."""
+    called whenever either moves (for the metrics). It keeps the running requests' start times
+    (``clock``, monotonic seconds) and budgets, and a loop timer that calls the algorithm's
+    ``check`` when the next one falls due (armed on admission when the new request is due
+    first, re-armed by each check, cancelled once none runs: no task to own)."""
 
     def __init__(
         self,
         algorithm: LimitAlgorithm,
         *,
         on_change: Callable[[int, int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.algorithm = algorithm
         self._on_change = on_change
+        self._clock = clock
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._running: dict[int, Running] = {}
+        self._keys = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0  # when the armed timer fires (clock)
         self._changed()
 
     @property
@@ -291,18 +424,27 @@ class ConcurrencyGate:
         return sum(1 for f in self._waiters if not f.done())
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Wait for a free slot (first come, first served), hold it for the block."""
+    async def slot(self, tokens: int | None = None) -> AsyncIterator[Slot]:
+        """Wait for a free slot (first come, first served), hold it for the block. ``tokens``:
+        the request's token budget (``max_tokens``), which sets when it counts as overdue."""
         await self._acquire()
+        key = next(self._keys)
+        started = self._clock()
+        self._running[key] = Running(started, tokens)
         slot = Slot(self._in_flight)
         try:
+            self._arm_for(started, tokens)
             yield slot
         finally:
+            del self._running[key]
+            if not self._running:
+                self._cancel_timer()
             self._release(slot.sample)
 
     def restart(self) -> None:
         """The backend was down: the algorithm starts over (``LimitAlgorithm.restart``)."""
         self.algorithm.restart()
+        self._check()
         self._changed()
 
     async def _acquire(self) -> None:
@@ -334,6 +476,36 @@ class ConcurrencyGate:
             if not fut.done():
                 fut.set_result(None)
                 self._in_flight += 1  # counted now so no one overtakes the woken waiter
+
+    def _arm_for(self, started: float, tokens: int | None) -> None:
+        """A request just started: arm the timer for its due unless one fires earlier (O(1) per
+        request; the full look at every running request happens when the timer fires)."""
+        d = self.algorithm.deadline(tokens)
+        if d is not None and (self._timer is None or started + d < self._timer_due):
+            self._arm(started, started + d)
+
+    def _check(self) -> None:
+        """Let the algorithm look at the running requests; re-arm the timer for the next due."""
+        self._cancel_timer()
+        if not self._running:
+            return
+        before = self.limit
+        now = self._clock()
+        due = self.algorithm.check(now, self._running.values())
+        if self.limit != before:
+            self._changed()
+        if due is not None:
+            self._arm(now, due)
+
+    def _arm(self, now: float, due: float) -> None:
+        self._cancel_timer()
+        self._timer_due = due
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - now), self._check)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _changed(self) -> None:
         if self._on_change is not None:

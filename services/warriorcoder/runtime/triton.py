@@ -32,7 +32,8 @@ model has a ``ConcurrencyGate`` whose limit grows while the latency per generate
 flat and shrinks when it rises or the backend drops requests (a retryable error while the model
 is ready, or a timeout), capped by ``max_concurrency``; an outage restarts it from
 ``min_concurrency``. A request's latency is measured from when it gets its slot, so waiting in
-the gate never counts as backend latency. ``limits()`` reads the current limits (also the
+the gate never counts as backend latency; a request still running past what its ``max_tokens``
+may take cuts the limit before it finishes. ``limits()`` reads the current limits (also the
 ``warriorcoder_inference_concurrency_limit`` gauge).
 
 Replicas are balanced on the client (``triton_url: dns:///name:port``, e.g. a headless Service):
@@ -671,7 +672,8 @@ class TritonPool(AbstractAsyncContextManager["TritonPool"]):
         role: str,
     ) -> Generation:
         model = backend.name
-        async with endpoint.gate.slot() as slot:
+        # the budget lets the gate count a request still running as overdue (TCP's timeout)
+        async with endpoint.gate.slot(tokens=params.max_tokens) as slot:
             start = time.monotonic()  # from the slot on: waiting for it is not backend latency
             outcome = "ok"
             try:

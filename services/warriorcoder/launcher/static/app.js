@@ -130,6 +130,23 @@
       `Charts and judge statistics over the latest ${window.battles} battles` +
       (window.error ? ` (${window.error})` : "");
   }
+  // Family bias: rates with their 95% interval and hits/trials; null (no qualifying vote): n/a.
+  const pp = (x) => { const r = Math.round(100 * x) || 0; return (r > 0 ? "+" : "") + r; };
+  const rateText = (r) => (r.rate === null ? "n/a" : `${pct(r.rate)} [${pct(r.lower)}, ${pct(r.upper)}] (${r.hits}/${r.trials})`);
+  function drawBias(bias) {
+    const note = document.getElementById("bias-note");
+    const rows = Object.entries(bias.judges);
+    document.querySelector("#bias tbody").replaceChildren(...rows.map(([judge, j]) => el("tr", { "data-judge": judge },
+      el("td", { text: judge }), el("td", { text: j.family === null ? "none" : j.family }),
+      el("td", { text: rateText(j.same_family) }), el("td", { text: rateText(j.other_family) }),
+      el("td", { text: j.bias === null ? "n/a" : `${pp(j.bias)} pp [${pp(j.bias_lower)}, ${pp(j.bias_upper)}]` }),
+      el("td", { text: String(j.votes) }), el("td", { text: String(j.own_family_battles) }))));
+    let why = "";
+    if (!bias.known) why = "Model families unknown: they come from the arena config (warriorcoder web --config arena.yaml).";
+    else if (!Object.values(bias.families).some((f) => f !== null)) why = "No model in the arena config has a family: every judge is neutral.";
+    else if (!rows.length) why = "No valid votes in the window yet.";
+    note.hidden = !why; note.textContent = why;
+  }
   function setOptions(models) {
     if (models.join() === state.models.join()) return;
     state.models = models;
@@ -152,6 +169,7 @@
     note.hidden = !s.note; note.textContent = s.note || "";
     drawBoard(s.leaderboard); drawHistory(b.history); drawMatrix(b.matrix);
     drawFunnel(s.samples, s.rejections); drawJudges(b.judges, b.window);
+    drawBias(b.bias);
     setOptions([...new Set([...s.leaderboard.map((r) => r.model), ...b.matrix.models])].sort());
   }
 
