@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -395,9 +395,13 @@ def _interval(r: Row) -> str:
     return f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}"
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table: rank, model, BT, its 95% CI, online Elo, votes."""
-    header = ("rank", "model", "bt", "95% ci", "elo", "votes")
+def format_table(
+    rows: Sequence[Row],
+    extra: tuple[Sequence[str], Callable[[Row], Sequence[str]]] | None = None,
+) -> str:
+    """A plain-text table: rank, model, BT, its 95% CI, online Elo, votes; ``extra`` adds columns
+    (their headers, and a function giving a row's cells)."""
+    header = ("rank", "model", "bt", "95% ci", "elo", "votes", *(extra[0] if extra else ()))
     body = [
         (
             str(n),
@@ -408,6 +412,7 @@ def format_table(rows: Sequence[Row]) -> str:
             else f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}",
             format_rating(r.elo),
             str(r.votes),
+            *(extra[1](r) if extra else ()),
         )
         for n, r in enumerate(rows, 1)
     ]

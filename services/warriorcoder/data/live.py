@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from warriorcoder.data.bradley_terry import Row, format_rating, format_table, leaderboard
+from warriorcoder.data.bradley_terry import Row, format_table, leaderboard
 from warriorcoder.data.export import connect_briefly, samples_from_nats
 from warriorcoder.data.pass_rates import PassRate
 from warriorcoder.data.votes import votes_from_samples
@@ -84,27 +84,10 @@ def leaderboard_table(rows: Sequence[Row], rates: Mapping[str, PassRate]) -> str
     ran against tests (``rates`` from ``pass_rates``); exactly ``format_table`` otherwise."""
     if not rates:
         return format_table(rows)
-    header = ("rank", "model", "bt", "95% ci", "elo", "votes", "pass%", "runs")
-    body = [
-        (
-            str(n),
-            r.model,
-            format_rating(r.bt),
-            "-"
-            if r.bt_lower is None
-            else f"{format_rating(r.bt_lower)} .. {format_rating(r.bt_upper)}",
-            format_rating(r.elo),
-            str(r.votes),
-            format_pass_rate(rates.get(r.model)),
-            str(rates[r.model].runs if r.model in rates else 0),
+
+    def cells(r: Row) -> tuple[str, str]:
+        return format_pass_rate(rates.get(r.model)), str(
+            rates[r.model].runs if r.model in rates else 0
         )
-        for n, r in enumerate(rows, 1)
-    ]
-    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if c == 1 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in [header, *body]
-    )
+
+    return format_table(rows, (("pass%", "runs"), cells))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ from warriorcoder.testing.scripted import (
     stream_chunks,
 )
 
-__all__ = ["bind_model", "completions", "main", "make_infer", "respond"]
+__all__ = ["bind_model", "completions", "main", "make_infer", "respond", "serve_scripted"]
 
 LOGGER = logging.getLogger("warriorcoder.testing.scripted_server")
 
@@ -124,19 +124,32 @@ def bind_model(triton: Triton, model: ScriptedModel) -> None:
     bind_vllm_model(triton, model.name, make_infer(model))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit status."""
-    doc = __doc__.splitlines()[0] if __doc__ else None
+def serve_scripted(
+    argv: Sequence[str] | None,
+    bind_one: Callable[[Triton, ScriptedModel], None],
+    *,
+    doc: str | None,
+    logger: logging.Logger,
+    contract: str = "vLLM",
+) -> int:
+    """Serve every scripted model of ``--models`` with ``bind_one`` until SIGTERM/SIGINT (the
+    ``main`` of this server and of the other contracts' scripted servers)."""
     args = server_arguments(doc, "scripted models YAML file").parse_args(argv)
     configure_logging()
     models = load_models(args.models)
 
     def bind(triton: Triton, hooks: ServerHooks) -> None:
         for model in models:
-            bind_model(triton, model)
-        LOGGER.info("serving %s", ", ".join(m.name for m in models))
+            bind_one(triton, model)
+        logger.info("serving %s (%s contract)", ", ".join(m.name for m in models), contract)
 
-    return serve(triton_config(args), bind, logger=LOGGER)
+    return serve(triton_config(args), bind, logger=logger)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit status."""
+    doc = __doc__.splitlines()[0] if __doc__ else None
+    return serve_scripted(argv, bind_model, doc=doc, logger=LOGGER)
 
 
 if __name__ == "__main__":

@@ -39,15 +39,11 @@ from pytriton.triton import Triton
 from warriorcoder.localmodels.pytriton import (
     InferFn,
     Responses,
-    ServerHooks,
-    configure_logging,
-    serve,
-    server_arguments,
-    triton_config,
 )
 from warriorcoder.runtime import trtllm
 from warriorcoder.runtime.vllm import TensorSpec
-from warriorcoder.testing.scripted import ScriptedModel, load_models, sample, stream_chunks
+from warriorcoder.testing.scripted import ScriptedModel, sample, stream_chunks
+from warriorcoder.testing.scripted_server import serve_scripted
 
 __all__ = ["bind_model", "main", "make_infer", "respond"]
 
@@ -125,16 +121,7 @@ def _guided(guide: str, raw: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit status."""
     doc = __doc__.splitlines()[0] if __doc__ else None
-    args = server_arguments(doc, "scripted models YAML file").parse_args(argv)
-    configure_logging()
-    models = load_models(args.models)
-
-    def bind(triton: Triton, hooks: ServerHooks) -> None:
-        for model in models:
-            bind_model(triton, model)
-        LOGGER.info("serving %s (TensorRT-LLM contract)", ", ".join(m.name for m in models))
-
-    return serve(triton_config(args), bind, logger=LOGGER)
+    return serve_scripted(argv, bind_model, doc=doc, logger=LOGGER, contract="TensorRT-LLM")
 
 
 if __name__ == "__main__":
