@@ -243,3 +243,25 @@ async def test_a_judgement_republished_after_a_restart_changes_nothing(tmp_path)
     after, _ = await store.read()
     assert after.ratings == before.ratings and after.battles == before.battles == 2
     assert [x.id for x in read_samples(tmp_path)].count(old.id) == 1
+
+
+async def test_a_replica_starting_from_a_stale_document_still_applies_each_battle_once():
+    """Each store starts its compare-and-set from the document it last saw; after another replica
+    wrote, that guess is stale: the write must fail over to the current document, never lose the
+    other replica's battle, and still recognise a redelivery."""
+    s = arena_settings()
+    kv = FakeKV(subjects.KV_RATINGS)
+    one, two = RatingsStore(kv, s.scoring), RatingsStore(kv, s.scoring)
+
+    def plus(n: float):
+        return lambda ra, rd: (ra + n, rd - n)
+
+    await one.apply("b1", "alpha", "beta", plus(10))  # one's guess: after b1
+    await two.apply("b2", "alpha", "beta", plus(5))  # two writes: one's guess is now stale
+    third = await one.apply("b3", "alpha", "beta", plus(1))
+    assert third is not None and not third.duplicate
+    assert (third.r_attacker, third.r_defender) == (1015.0, 985.0)  # saw b1 and b2
+    again = await two.apply("b3", "alpha", "beta", plus(1))  # a redelivery, on the other one
+    assert again is not None and again.duplicate and again.seq == 3
+    doc, _ = await one.read()
+    assert doc.ratings == {"alpha": 1016.0, "beta": 984.0} and doc.battles == 3

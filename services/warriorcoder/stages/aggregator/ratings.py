@@ -36,7 +36,7 @@ from nats.js.errors import KeyNotFoundError
 from warriorcoder.proto import subjects
 from warriorcoder.proto.state import AppliedBattle, Ratings, decode_state
 from warriorcoder.runtime import metrics
-from warriorcoder.runtime.kv import update_state
+from warriorcoder.runtime.kv import Versioned, update_state, update_versioned
 from warriorcoder.runtime.ports import KeyValueStore
 from warriorcoder.runtime.settings import ScoringSettings
 
@@ -73,6 +73,11 @@ class RatingsStore:
     def __init__(self, kv: KeyValueStore, scoring: ScoringSettings) -> None:
         self.kv = kv
         self.scoring = scoring
+        # The document as this replica last read or wrote it: the next compare-and-set starts
+        # from it (one round trip instead of a read and a write). The aggregators are one ordered
+        # writer, so it is almost always current; a stale one fails the write (or, declining, is
+        # read again) and the update falls back to read-then-write, as without a guess.
+        self._last: Versioned[Ratings] | None = None
 
     async def read(self) -> tuple[Ratings, int | None]:
         """The document and its revision (None when the key does not exist yet)."""
@@ -116,13 +121,15 @@ class RatingsStore:
                 updated_at=time.time(),
             )
 
-        await update_state(
+        read, written = await update_versioned(
             self.kv,
             subjects.RATINGS_KEY,
             Ratings,
             change,
             on_conflict=metrics.RATING_CONFLICTS.inc,
+            guess=self._last,
         )
+        self._last = written or read
         return outcome[-1]
 
     async def forget_legacy(self) -> bool:
