@@ -257,6 +257,8 @@ class Rig:
                 if max_s is not None and time.monotonic() - started > max_s:
                     if points[-1][0] < done:
                         points.append((done, rss_bytes(self.proc.proc.pid)))
+                    if self.trace_at is not None:
+                        await self._snapshot()  # the end's snapshot
                     return points
                 if subject is not None and source is not None and sent < n:
                     waiting = (await js.stream_info(source)).state.messages

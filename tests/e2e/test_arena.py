@@ -68,13 +68,20 @@ async def stream_state(url: str) -> tuple[dict[str, int], Ratings]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     start = time.monotonic()
-    with BackgroundArena(tmp_path_factory.mktemp("e2e") / "arena", battles=N) as arena:
+    # The judges-only pipeline (tests/e2e/test_verified_arena.py runs the verifier's)
+    arena_dir = tmp_path_factory.mktemp("e2e") / "arena"
+    with BackgroundArena(arena_dir, battles=N, verifier="off") as arena:
         assert set(arena.procs) == {
             "nats-server", "tritonserver", "aggregator", "judge", "responder", "challenger",
         }  # fmt: skip
         assert len({p.proc.pid for p in arena.procs.values()}) == 6
         arena.wait_for_samples(N, timeout=300)
-        assert arena.events == [f"{arena.events[0][:9]}challenge budget set to {N}"]  # no restart
+        # no restart: the verifier's decision and the budget are the only events
+        assert [e[9:] for e in arena.events] == [
+            "verifier: off (verifier.enabled is false in the config): battles are judged "
+            "without running their code",
+            f"challenge budget set to {N}",
+        ]
         seconds = time.monotonic() - start
         url = f"nats://127.0.0.1:{arena.procs['nats-server'].ports['client']}"
         # Let anything still in flight land: every work queue must drain to empty.

@@ -40,7 +40,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        not (shutil.which("chromium") and shutil.which("chromedriver")),
+        not (shutil.which("chromium") and shutil.which("chromedriver"))
+        # CI (tox) installs them: there a missing browser fails the test instead
+        and not os.environ.get("WARRIORCODER_REQUIRE_BROWSER"),
         reason="needs Debian's chromium and chromium-driver",
     ),
 ]

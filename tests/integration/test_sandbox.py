@@ -59,6 +59,8 @@ def available() -> str:
     try:
         return probe(SETTINGS)
     except SandboxUnavailable as exc:
+        if os.environ.get("WARRIORCODER_REQUIRE_SANDBOX"):  # CI (tox): the sandbox must run
+            pytest.fail(f"sandbox unavailable: {exc}")
         pytest.skip(f"sandbox unavailable: {exc}")
 
 

@@ -154,3 +154,27 @@ async def test_band_membership_survives_racing_joins_and_leaves():
         await leave_band(kv, "lsh.00.ab", "b")
         assert kv.held_keys() == []
         assert await read_band(kv, "lsh.00.ab") == []
+
+
+def test_the_caches_are_bounded_by_what_they_hold_not_only_by_entries():
+    """A challenger runs for weeks: its word cache is bounded in bytes and its band cache in
+    member ids (a popular band's document grows with the index), so its memory levels off."""
+    from warriorcoder.proto.state import BandMembers
+    from warriorcoder.runtime.kv import Versioned
+    from warriorcoder.stages.challenger.filters import BandCache, WordsCache
+
+    words = WordsCache(size=100, max_bytes=250)
+    for i in range(5):
+        words.put(f"id{i}", b"x" * 100, i + 1)
+    assert len(words) == 2 and words.bytes == 200  # the oldest three evicted
+    assert words.get("id0") is None and words.get("id4") == (b"x" * 100, 5)
+    words.put("id4", b"y" * 10, 6)  # replacing an entry counts its new size only
+    assert words.bytes == 110
+
+    bands = BandCache(size=100, max_members=10)
+    for i in range(4):
+        bands.put(f"b{i}", Versioned(BandMembers(ids=[f"m{j}" for j in range(4)]), i + 1))
+    assert len(bands) == 2 and bands.members == 8
+    assert bands.get("b0") is None and bands.get("b3") is not None
+    bands.put("b3", Versioned(BandMembers(ids=["m0"]), 9))
+    assert bands.members == 5

@@ -81,3 +81,12 @@ def test_write_settings_refuses_an_invalid_arena(tmp_path: Path):
     with pytest.raises(ConfigError, match="uninvolved judge"):
         write_settings(tmp_path / "arena.yaml", s)
     assert not (tmp_path / "arena.yaml").exists()
+
+
+def test_free_ports_are_never_handed_out_twice_in_a_row():
+    """Triton's HTTP and gRPC ports are picked one after the other: the kernel may offer a port
+    it just freed again, and Triton then refuses to start on one port for both."""
+    from warriorcoder.launcher.processes import free_port
+
+    picked = [free_port() for _ in range(300)]
+    assert len(set(picked)) == len(picked)

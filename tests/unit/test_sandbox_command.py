@@ -112,3 +112,20 @@ def test_host_view_of_this_interpreter():
     for a in view.ro_dirs:
         assert not a.startswith("/usr/")
         assert not any(a != b and a.startswith(b + "/") for b in view.ro_dirs)
+
+
+def test_tmp_is_the_scratch_dir_unless_python_lives_under_it():
+    argv = bwrap_argv(SETTINGS, VIEW, report_fd=5, info_fd=6, uid=None, nproc=12)
+    assert ["/scratch", "/tmp"] in _pairs(argv, "--symlink", 2)
+    # a CI virtualenv under /tmp: /tmp must stay the (read-only) parent of its bind, and a
+    # symlink there would make bwrap fail ("Can't make symlink at /tmp: File exists")
+    ci = HostView(
+        python="/tmp/ci/.tox/py/bin/python",
+        ro_dirs=("/tmp/ci/.tox/py", "/root/.pyenv/versions/3.11.7"),
+        top_links=VIEW.top_links,
+        runner=VIEW.runner,
+    )
+    argv = bwrap_argv(SETTINGS, ci, report_fd=5, info_fd=6, uid=None, nproc=12)
+    assert all(target != "/tmp" for _, target in _pairs(argv, "--symlink", 2))
+    assert ["0755", "--dir", "/tmp"] in _pairs(argv, "--perms", 3)
+    assert ["TMPDIR", "/scratch"] in _pairs(argv, "--setenv", 2)

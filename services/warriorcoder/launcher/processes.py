@@ -17,6 +17,7 @@ output in a log file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,10 +65,22 @@ SCRIPTED_SERVER = "warriorcoder.testing.scripted_server"
 HF_SERVER = "warriorcoder.localmodels.hf_server"
 
 
+# Ports this process handed out recently: the kernel may give a just-closed ephemeral port again,
+# and two children told the same port (Triton's HTTP and gRPC once) fail at start-up.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1024)
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1, never one this process handed out in its last 1,024 picks."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.append(port)
+                return port
 
 
 def port_open(port: int) -> bool:

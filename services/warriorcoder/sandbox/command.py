@@ -10,7 +10,8 @@ directory of pytest and its dependencies when it lies elsewhere) read-only at th
 the host's top-level links into ``/usr`` (``/bin -> usr/bin``, ``/lib``...) recreated, the runner
 at ``/opt/sandbox/runner.py``, a fresh ``/proc`` of the sandbox's own pid namespace, a minimal
 ``/dev`` (null, zero, full, random, urandom, tty, a private devpts), and ``/scratch``: a tmpfs of
-``scratch_mb``, mode 1777, the working directory, also reachable as ``/tmp``. No host ``/etc``,
+``scratch_mb``, mode 1777, the working directory and ``TMPDIR``, also reachable as ``/tmp`` (unless
+the Python installation itself lies under ``/tmp``: ``/tmp`` is then only its read-only parent). No host ``/etc``,
 ``/home``, ``/root``, ``/tmp`` or project directory; parent directories of the bound prefixes
 are created empty (mode 0755, so an unprivileged uid can traverse to an interpreter kept under a
 mode-700 ``/root``). The environment is cleared and set to a fixed minimum.
@@ -129,14 +130,19 @@ def bwrap_argv(
     argv += ["--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for link, target in view.top_links:
         argv += ["--symlink", target, link]
-    for parent in _parents([*view.ro_dirs, RUNNER_PATH]):
+    parents = _parents([*view.ro_dirs, RUNNER_PATH])
+    for parent in parents:
         argv += ["--perms", "0755", "--dir", parent]
     for d in view.ro_dirs:
         argv += ["--ro-bind", d, d]
     argv += ["--ro-bind", view.runner, RUNNER_PATH]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "1777", "--size", str(settings.scratch_mb * _MB), "--tmpfs", SCRATCH]
-    argv += ["--symlink", SCRATCH, "/tmp", "--chdir", SCRATCH, "--clearenv"]
+    if "/tmp" not in parents and "/tmp" not in view.ro_dirs:
+        # (a Python installed under /tmp, e.g. a CI virtualenv, keeps /tmp a read-only parent
+        # of its bind; TMPDIR still points at the scratch directory)
+        argv += ["--symlink", SCRATCH, "/tmp"]
+    argv += ["--chdir", SCRATCH, "--clearenv"]
     for key, value in ENV.items():
         argv += ["--setenv", key, value]
     argv += ["--info-fd", str(info_fd), "--"]

@@ -75,7 +75,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_SIZE = 100_000  # ~40 MB of word sets: every candidate of a 100k index, hot ones kept
+DEFAULT_CACHE_SIZE = 100_000  # word sets: every candidate of a 100k index, hot ones kept ...
+WORDS_CACHE_BYTES = 32 * 1024 * 1024  # ... within 32 MiB of encoded words (~80k instructions)
+# Bands remembered for their compare-and-set guesses: a band document grows with its members, so
+# the bound is on member ids held (~100 B each: ~25 MiB), not only on bands.
+BAND_CACHE_SIZE = 16_384
+BAND_CACHE_MEMBERS = 262_144
 _ABSENT: Versioned[BandMembers] = Versioned(BandMembers(), 0)
 
 
@@ -176,10 +181,13 @@ class Claim:
 
 
 class WordsCache:
-    """Bounded LRU of committed word sets: id -> (encoded words, revision of ``words.<id>``)."""
+    """Bounded LRU of committed word sets: id -> (encoded words, revision of ``words.<id>``),
+    at most ``size`` of them and ``max_bytes`` of encoded words."""
 
-    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE, max_bytes: int = WORDS_CACHE_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -192,19 +200,25 @@ class WordsCache:
         return entry
 
     def put(self, id: str, words: bytes, rev: int) -> None:
+        old = self._entries.get(id)
+        self.bytes += len(words) - (len(old[0]) if old else 0)
         self._entries[id] = (words, rev)
         self._entries.move_to_end(id)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self.size or (self.bytes > self.max_bytes and self._entries):
+            _, (dropped, _) = self._entries.popitem(last=False)
+            self.bytes -= len(dropped)
 
 
 class BandCache:
     """Bounded LRU of the bands this process last read or wrote, with their revisions: the
     guesses of its next compare-and-sets on them. A stale entry costs one failed write (the
-    write is conditioned on its revision), never a wrong result."""
+    write is conditioned on its revision), never a wrong result. At most ``size`` bands and
+    ``max_members`` member ids in all (a popular band's document grows with the index)."""
 
-    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, size: int = BAND_CACHE_SIZE, max_members: int = BAND_CACHE_MEMBERS) -> None:
         self.size = size
+        self.max_members = max_members
+        self.members = 0
         self._entries: OrderedDict[str, Versioned[BandMembers]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -217,10 +231,13 @@ class BandCache:
         return entry
 
     def put(self, key: str, band: Versioned[BandMembers]) -> None:
+        old = self._entries.get(key)
+        self.members += len(band.doc.ids) - (len(old.doc.ids) if old else 0)
         self._entries[key] = band
         self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self.size or (self.members > self.max_members and self._entries):
+            _, dropped = self._entries.popitem(last=False)
+            self.members -= len(dropped.doc.ids)
 
 
 class DedupIndex:
@@ -232,7 +249,7 @@ class DedupIndex:
         self.kv = kv
         self.bands = bands
         self.cache = WordsCache(cache_size)
-        self.bands_seen = BandCache(cache_size)
+        self.bands_seen = BandCache(min(cache_size, BAND_CACHE_SIZE))
         self.fetched = 0  # word sets read from the bucket (cache misses), for the benchmark
 
     async def claim(self, instruction: str, challenge_id: str) -> tuple[Claim | None, str]:
