@@ -10,9 +10,10 @@ directory of pytest and its dependencies when it lies elsewhere) read-only at th
 the host's top-level links into ``/usr`` (``/bin -> usr/bin``, ``/lib``...) recreated, the runner
 at ``/opt/sandbox/runner.py``, a fresh ``/proc`` of the sandbox's own pid namespace, a minimal
 ``/dev`` (null, zero, full, random, urandom, tty, a private devpts), and ``/scratch``: a tmpfs of
-``scratch_mb``, mode 1777, the working directory and ``TMPDIR``, also reachable as ``/tmp`` (unless
-the Python installation itself lies under ``/tmp``: ``/tmp`` is then only its read-only parent). No host ``/etc``,
-``/home``, ``/root``, ``/tmp`` or project directory; parent directories of the bound prefixes
+``scratch_mb``, mode 1777, the working directory and ``TMPDIR``, also reachable as ``/tmp``
+(unless the Python installation itself lies under ``/tmp``: ``/tmp`` is then only its read-only
+parent). No host ``/etc``, ``/home``, ``/root``, ``/tmp`` or project directory; parent
+directories of the bound prefixes
 are created empty (mode 0755, so an unprivileged uid can traverse to an interpreter kept under a
 mode-700 ``/root``). The environment is cleared and set to a fixed minimum.
 
