@@ -93,6 +93,20 @@ async def test_a_triton_outage_pauses_the_arena_and_loses_nothing(nats_url, tmp_
     try:
         await wait_until(lambda: _at_least(samples, 3), 120, "3 samples before the outage")
 
+        async def work_queued() -> bool:  # challenges or battles waiting or being handled
+            infos = [
+                await js.consumer_info(stream, c)
+                for stream, c in (
+                    (subjects.STREAM_CHALLENGES, subjects.CONSUMER_RESPONDER),
+                    (subjects.STREAM_BATTLES, subjects.CONSUMER_JUDGE),
+                )
+            ]
+            return any(int(i.num_pending or 0) + int(i.num_ack_pending or 0) for i in infos)
+
+        # Take Triton down while work is queued for a model-calling stage (on a loaded machine
+        # the pipeline can run dry between mined challenges): that work must be held, not failed.
+        await wait_until(work_queued, 60, "work queued for the responder or the judge")
+
         if KILL:  # the whole session: PyTriton's tritonserver child too
             os.killpg(triton.proc.pid, signal.SIGKILL)
         await asyncio.to_thread(triton.stop)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -225,6 +225,17 @@ def secrets(tmp_path: Path) -> Iterator[dict[str, Path]]:
         files["project"].unlink(missing_ok=True)
 
 
+def _tmp_listing() -> list[str]:
+    """What the sandboxed code sees in /tmp: the scratch directory, or, when this Python is
+    installed under /tmp (CI's virtualenvs), only the empty parents of its read-only bind."""
+    under = {
+        Path(p).relative_to("/tmp").parts[0]
+        for p in (sys.prefix, sys.base_prefix)
+        if Path(p).is_relative_to("/tmp")
+    }
+    return sorted(under) or ["solution.py", "test_solution.py"]
+
+
 async def test_host_files_cannot_be_read(make, secrets):
     targets = [str(p) for p in secrets.values()] + ["/etc/passwd", "/etc/hostname"]
     targets += [str(Path.home() / ".bash_history"), str(ROOT / "pyproject.toml")]
@@ -249,7 +260,7 @@ print(found)
         f"        assert found[path] in ('FileNotFoundError', 'PermissionError'), found[path]\n"
         # The view holds only what the interpreter needs: no host /etc, /home, /tmp, project.
         f"    assert found['ls /etc'] == found['ls /home'] == 'FileNotFoundError'\n"
-        f"    assert found['ls /tmp'] == ['solution.py', 'test_solution.py']\n"
+        f"    assert found['ls /tmp'] == {_tmp_listing()!r}\n"
         f"    assert found['ls /work'] == ['venv'] or found['ls /work'] == 'FileNotFoundError'\n",
     )
     result = await make().run_pytest(solution, tests)
@@ -362,10 +373,10 @@ async def test_infinite_output_is_truncated(make):
     result = await make(settings).run_pytest(spam, ADD_TESTS)
     assert result.status in ("ran", "timeout")
     assert result.output_truncated
-    # the first and last 2 KiB of each stream, with the dropped middle marked between them
+    # the first and last 2 KiB of each stream, the dropped middle marked between them, in all
+    # at most the limit
     for text in (result.stdout, result.stderr):
-        kept = re.sub(r"\n\[\.\.\. \d+ bytes dropped \.\.\.\]\n", "", text)
-        assert len(kept.encode()) <= 4096
+        assert len(text.encode()) <= 4096
     assert "bytes dropped" in result.stdout + result.stderr
     assert result.passed == 0
 

@@ -208,12 +208,20 @@ class _Output:
         return self.seen > len(self.data) + len(self.tail)
 
     def text(self) -> str:
-        head = self.data.decode("utf-8", errors="replace")
+        """What was kept, as text of at most ``limit`` UTF-8 bytes (the dropped middle marked)."""
         if not self.tail:
-            return head
+            return self.data.decode("utf-8", errors="replace")
+        limit = self.head_limit + self.tail_limit
         dropped = self.seen - len(self.data) - len(self.tail)
         gap = f"\n[... {dropped} bytes dropped ...]\n" if dropped else ""
-        return head + gap + self.tail.decode("utf-8", errors="replace")
+        head = self.data.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        # the marker (and any replacement characters) take their room from the head
+        over = len((head + gap + tail).encode()) - limit
+        while over > 0 and head:
+            head = head[: -max(1, over // 3)]
+            over = len((head + gap + tail).encode()) - limit
+        return head + gap + tail
 
     def close(self) -> None:
         if not self.eof.is_set():
