@@ -225,7 +225,7 @@ def test_nats_server_killed_mid_run_is_restarted_and_the_run_completes(tmp_path:
 
 # Enough battles that the run cannot finish while the responder is being killed (between kills
 # its restarts still answer a few challenges each).
-N_STORM = 40
+N_STORM = 150
 
 
 def test_a_service_killed_8_times_in_a_minute_does_not_end_the_run(tmp_path: Path):
@@ -239,7 +239,7 @@ def test_a_service_killed_8_times_in_a_minute_does_not_end_the_run(tmp_path: Pat
                 assert time.monotonic() < deadline and arena.samples() < N_STORM
                 time.sleep(0.05)
         assert arena.arena.crash_looping() == ["responder"]
-        arena.wait_for_samples(N_STORM, timeout=300)
+        arena.wait_for_samples(N_STORM, timeout=600)
         assert arena.arena.restarts()["responder"] == 8
     log = (tmp_path / "arena" / "logs" / "supervisor.log").read_text()
     assert "CRASH LOOP: responder" in log
